@@ -1,0 +1,68 @@
+"""daemonkit: turn a program into a well-behaved Unix daemon, and keep it so.
+
+``with daemonkit.DaemonContext(...):`` is a drop-in for python-daemon's
+``daemon.DaemonContext`` (PEP 3143) whose launcher waits until the daemon is
+ready and reports its errors. Public names are imported lazily, so that
+``import daemonkit`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "DaemonContext": "context",
+    "ready": "readiness",
+    "DaemonError": "errors",
+    "ConfigurationError": "errors",
+    "DirectoryError": "errors",
+    "UnknownUserError": "errors",
+    "UnknownGroupError": "errors",
+    "StreamError": "errors",
+    "SignalMapError": "errors",
+    "DaemonOSEnvironmentError": "errors",
+    "PrivilegeError": "errors",
+    "DaemonProcessDetachError": "errors",
+    "StartupError": "errors",
+    "AlreadyRunningError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .context import DaemonContext
+    from .errors import (
+        AlreadyRunningError,
+        ConfigurationError,
+        DaemonError,
+        DaemonOSEnvironmentError,
+        DaemonProcessDetachError,
+        DirectoryError,
+        PrivilegeError,
+        SignalMapError,
+        StartupError,
+        StreamError,
+        UnknownGroupError,
+        UnknownUserError,
+    )
+    from .readiness import ready
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'daemonkit' has no attribute {name!r}")
+    value = getattr(import_module(f"daemonkit.{module_name}"), name)
+    try:
+        value.__module__ = "daemonkit"
+    except (AttributeError, TypeError):
+        pass
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

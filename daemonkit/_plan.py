@@ -1,0 +1,230 @@
+"""Validate a context's policies in the launching process, before any fork.
+
+:func:`build_plan` checks everything that can be checked without side
+effects (directories, users, groups, signal map, descriptors) and opens the
+stream files, so that every configuration error surfaces as a
+:class:`~daemonkit.errors.DaemonError` in the process the user is watching,
+while nothing irreversible has happened yet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _posix
+from .errors import (
+    ConfigurationError,
+    DirectoryError,
+    PrivilegeError,
+    UnknownGroupError,
+    UnknownUserError,
+)
+from .signals import ResolvedMap, resolve_signal_map
+from .streams import StreamTargets, file_descriptor, resolve_streams
+
+if TYPE_CHECKING:
+    from .context import DaemonContext
+
+
+@dataclass
+class OwnerChange:
+    """The process owner to switch to; ``username`` set means initgroups."""
+
+    uid: int
+    gid: int
+    groups: list[int] | None
+    username: str | None
+
+
+@dataclass
+class Plan:
+    """Everything the daemon needs, resolved and checked."""
+
+    detach: bool
+    reason: str
+    chroot_directory: str | None
+    working_directory: str
+    umask: int
+    prevent_core: bool
+    owner: OwnerChange | None
+    signals: ResolvedMap
+    streams: StreamTargets
+    preserved: set[int] = field(default_factory=set)
+
+
+def _check_directory(label: str, path: str, shown: str | None = None) -> None:
+    shown = shown or path
+    if not os.path.exists(path):
+        raise DirectoryError(f"{label} {shown!r} does not exist; create it or choose another")
+    if not os.path.isdir(path):
+        raise DirectoryError(f"{label} {shown!r} is not a directory")
+    if not os.access(path, os.X_OK):
+        raise DirectoryError(f"{label} {shown!r} is not searchable by uid {os.geteuid()}")
+
+
+def _as_path(label: str, value: object) -> str:
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return os.fsdecode(os.fspath(value))
+    raise ConfigurationError(f"{label} must be a path, not {type(value).__name__}")
+
+
+def _lookup_user(uid: object) -> Any:
+    import pwd
+
+    try:
+        if isinstance(uid, str):
+            return pwd.getpwnam(uid)
+        if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0:
+            return pwd.getpwuid(uid)
+    except KeyError:
+        raise UnknownUserError(
+            f"uid: no user {uid!r} in the user database; create it or choose another"
+        ) from None
+    raise ConfigurationError(f"uid must be a user name or a uid number, not {uid!r}")
+
+
+def _lookup_gid(gid: object) -> int:
+    import grp
+
+    try:
+        if isinstance(gid, str):
+            return grp.getgrnam(gid).gr_gid
+        if isinstance(gid, int) and not isinstance(gid, bool) and gid >= 0:
+            return grp.getgrgid(gid).gr_gid
+    except KeyError:
+        raise UnknownGroupError(
+            f"gid: no group {gid!r} in the group database; create it or choose another"
+        ) from None
+    raise ConfigurationError(f"gid must be a group name or a gid number, not {gid!r}")
+
+
+def resolve_owner(uid: object, gid: object, initgroups: bool) -> OwnerChange | None:
+    """The owner change asked for, or None when the process keeps its owner.
+
+    A uid given without a gid takes that user's primary group (python-daemon
+    would keep the launcher's, typically root's group 0).
+    """
+    current_uid, current_gid = os.getuid(), os.getgid()
+    user = None
+    if uid is None or uid == current_uid == os.geteuid():
+        target_uid = current_uid
+        if initgroups:
+            user = _lookup_user(target_uid)
+    else:
+        user = _lookup_user(uid)
+        target_uid = user.pw_uid
+    if gid is None:
+        target_gid = user.pw_gid if user is not None and target_uid != current_uid else current_gid
+    elif gid == current_gid == os.getegid():
+        target_gid = current_gid
+    else:
+        target_gid = _lookup_gid(gid)
+    uid_changes = target_uid != current_uid or os.geteuid() != current_uid
+    gid_changes = target_gid != current_gid or os.getegid() != current_gid
+    if not (uid_changes or gid_changes or initgroups):
+        return None
+    if uid_changes and not _posix.has_capability(_posix.CAP_SETUID):
+        raise PrivilegeError(
+            1, f"cannot switch to user {uid!r}: changing user needs root (running as uid {os.geteuid()})"
+        )
+    if (gid_changes or initgroups) and not _posix.has_capability(_posix.CAP_SETGID):
+        raise PrivilegeError(
+            1, f"cannot switch to group {gid!r}: changing group needs root (running as uid {os.geteuid()})"
+        )
+    username = user.pw_name if initgroups and user is not None else None
+    groups: list[int] | None = [] if uid_changes and username is None else None
+    return OwnerChange(target_uid, target_gid, groups, username)
+
+
+def _handler_descriptor(obj: object) -> int | None:
+    """The descriptor of a logging handler's stream or socket, if it has one."""
+    for attribute in ("stream", "sock", "socket"):
+        inner = getattr(obj, attribute, None)
+        if inner is not None:
+            return file_descriptor(inner)
+    return None
+
+
+def preserved_descriptors(files_preserve: object) -> set[int]:
+    """Descriptors named by ``files_preserve`` (ints, file-likes, handlers)."""
+    if files_preserve is None:
+        return set()
+    if isinstance(files_preserve, (str, bytes)) or not hasattr(files_preserve, "__iter__"):
+        raise ConfigurationError(
+            f"files_preserve must be a list of descriptors, file objects or handlers, "
+            f"not {files_preserve!r}"
+        )
+    preserved: set[int] = set()
+    for item in files_preserve:
+        if isinstance(item, (str, bytes, bool, float)) or (isinstance(item, int) and item < 0):
+            raise ConfigurationError(
+                f"files_preserve: {item!r} is not a descriptor, file object or logging handler"
+            )
+        fd = file_descriptor(item)
+        if fd is None:
+            fd = _handler_descriptor(item)
+        if fd is not None:
+            preserved.add(fd)
+    return preserved
+
+
+def _check_umask(umask: object) -> int:
+    if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777:
+        raise ConfigurationError(f"umask must be an int from 0 to 0o777, not {umask!r}")
+    return umask
+
+
+def _warn_if_threaded() -> None:
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        import warnings
+
+        names = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        warnings.warn(
+            f"DaemonContext.open() with other threads running ({names}): fork copies "
+            "only the calling thread, so they will not exist in the daemon; start "
+            "threads inside the with block",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def build_plan(context: DaemonContext) -> Plan:
+    """Validate every policy of ``context``; open stream files last."""
+    if not _posix.platform_supported():
+        raise ConfigurationError("daemonkit needs a POSIX system with fork()")
+    if context.detach_process is None:
+        detach, reason = _posix.detach_decision()
+    else:
+        detach, reason = bool(context.detach_process), "detach_process given explicitly"
+    chroot = None
+    if context.chroot_directory is not None:
+        chroot = os.path.abspath(_as_path("chroot_directory", context.chroot_directory))
+        _check_directory("chroot_directory", chroot)
+        if not _posix.has_capability(_posix.CAP_SYS_CHROOT):
+            raise PrivilegeError(
+                1, f"cannot chroot to {chroot!r}: chroot needs root (running as uid {os.geteuid()})"
+            )
+    working = _as_path("working_directory", context.working_directory)
+    if chroot is not None:
+        inside = os.path.join("/", working)
+        _check_directory("working_directory", os.path.join(chroot, inside.lstrip("/")),
+                         f"{inside} (inside chroot {chroot})")
+        working = inside
+    else:
+        _check_directory("working_directory", working)
+        working = os.path.abspath(working)
+    umask = _check_umask(context.umask)
+    owner = resolve_owner(context.uid, context.gid, bool(context.initgroups))
+    signals = resolve_signal_map(context.signal_map, context)
+    preserved = preserved_descriptors(context.files_preserve)
+    if detach:
+        _warn_if_threaded()
+    streams = resolve_streams(
+        {"stdin": context.stdin, "stdout": context.stdout, "stderr": context.stderr}, umask
+    )
+    return Plan(detach, reason, chroot, working, umask, bool(context.prevent_core), owner,
+                signals, streams, preserved)

@@ -1,0 +1,271 @@
+"""Thin, typed wrappers over the operating system calls daemonkit needs.
+
+Everything that is specific to Linux (or to POSIX) lives here, so that a port
+to another Unix touches one module. Nothing else in the package calls
+``os.fork`` directly. Failures are raised as daemonkit exceptions whose
+message names the call and the object involved.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+from collections.abc import Iterable
+from typing import NoReturn
+
+from .errors import DaemonOSEnvironmentError, DaemonProcessDetachError, PrivilegeError
+
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_SYS_CHROOT = 18
+
+
+def fork(purpose: str) -> int:
+    """Fork, raising :class:`DaemonProcessDetachError` naming ``purpose``."""
+    try:
+        return os.fork()
+    except OSError as exc:
+        raise DaemonProcessDetachError(
+            exc.errno, f"cannot fork ({purpose}): {exc.strerror}"
+        ) from exc
+
+
+def new_session() -> None:
+    """Become the leader of a new session with no controlling terminal."""
+    try:
+        os.setsid()
+    except OSError as exc:
+        raise DaemonProcessDetachError(
+            exc.errno, f"cannot start a new session (setsid): {exc.strerror}"
+        ) from exc
+
+
+def exit_now(status: int) -> NoReturn:
+    """Leave the process at once: no atexit hooks, no ``finally`` blocks."""
+    os._exit(status)
+
+
+def wait_child(pid: int) -> int:
+    """Reap child ``pid`` and return its wait status (0 if already reaped)."""
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        except ChildProcessError:
+            return 0
+
+
+def describe_wait_status(status: int) -> str:
+    """``"exited with status N"`` or ``"was killed by signal SIGX"``."""
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {signal_name(os.WTERMSIG(status))}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15, or the number if the platform has no name."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+# -- descriptors ------------------------------------------------------------
+
+
+def _highest_open_fd() -> int:
+    """The highest descriptor open in this process, -1 if it cannot be told."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        return max((int(name) for name in names if name.isdigit()), default=-1)
+    return -1
+
+
+def close_fds_except(keep: Iterable[int], low: int = 3) -> None:
+    """Close every descriptor from ``low`` up, except those in ``keep``.
+
+    The gaps between kept descriptors are closed with ``os.closerange``, which
+    CPython implements with the ``close_range`` system call where it exists,
+    so the cost does not grow with ``ulimit -n``. Above the last kept
+    descriptor the range ends at the highest descriptor actually open, which
+    bounds the per-descriptor fallback of CPython builds without
+    ``close_range`` by what is open rather than by the limit.
+    """
+    top = _highest_open_fd()
+    if top < 0:
+        top = max_open_files() - 1
+    start = low
+    for fd in sorted({fd for fd in keep if fd >= low}):
+        if fd > start:
+            os.closerange(start, fd)
+        start = fd + 1
+    if start <= top:
+        os.closerange(start, top + 1)
+
+
+def max_open_files() -> int:
+    """The soft ``RLIMIT_NOFILE``, or 1024 when it is unlimited."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 1024
+    return int(soft)
+
+
+def fd_is_open(fd: int) -> bool:
+    """True if ``fd`` is an open descriptor of this process."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def redirect_fd(source: int, target: int) -> None:
+    """Make ``target`` refer to what ``source`` refers to (dup2, inheritable)."""
+    if source != target:
+        os.dup2(source, target, inheritable=True)
+    else:
+        os.set_inheritable(target, True)
+
+
+# -- process environment ------------------------------------------------------
+
+
+def change_root(directory: str) -> None:
+    """chdir into ``directory`` and make it the root directory."""
+    try:
+        os.chdir(directory)
+        os.chroot(directory)
+    except OSError as exc:
+        raise DaemonOSEnvironmentError(
+            exc.errno, f"cannot chroot to {directory!r}: {exc.strerror}"
+        ) from exc
+
+
+def change_directory(directory: str) -> None:
+    """chdir, naming the directory on failure."""
+    try:
+        os.chdir(directory)
+    except OSError as exc:
+        raise DaemonOSEnvironmentError(
+            exc.errno, f"cannot change working directory to {directory!r}: {exc.strerror}"
+        ) from exc
+
+
+def prevent_core_dumps() -> None:
+    """Set the core file size limit to zero, so secrets never reach a core."""
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError) as exc:
+        raise DaemonOSEnvironmentError(
+            errno.EPERM, f"cannot disable core dumps (RLIMIT_CORE): {exc}"
+        ) from exc
+
+
+def has_capability(cap: int) -> bool:
+    """True if the effective capability set holds capability number ``cap``.
+
+    Root without a capability bounding set (the common case) has them all;
+    reading ``/proc/self/status`` lets an unprivileged process that was given
+    one capability (e.g. CAP_SYS_CHROOT by a container) be judged right.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
+def drop_privileges(uid: int, gid: int, groups: list[int] | None, username: str | None) -> None:
+    """Switch real, effective and saved ids to ``uid``/``gid`` for good.
+
+    Order matters: supplementary groups and the group are changed while we
+    still have the right to, the user last. ``groups`` None with ``username``
+    set means the user's groups from the group database (initgroups).
+    Afterwards the change is verified, including that root cannot be regained.
+    """
+    was_root = os.geteuid() == 0
+    try:
+        if username is not None:
+            os.initgroups(username, gid)
+        elif groups is not None:
+            os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        raise PrivilegeError(
+            exc.errno, f"cannot change process owner to uid {uid}, gid {gid}: {exc.strerror}"
+        ) from exc
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise PrivilegeError(
+            errno.EPERM,
+            f"privilege change to uid {uid}, gid {gid} did not take effect "
+            f"(uids {os.getresuid()}, gids {os.getresgid()})",
+        )
+    if was_root and uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise PrivilegeError(
+            errno.EPERM, f"root privileges could be regained after switching to uid {uid}"
+        )
+
+
+# -- what started us ----------------------------------------------------------
+
+
+def _parent_command(ppid: int) -> str:
+    try:
+        with open(f"/proc/{ppid}/comm", "rb") as comm:
+            return comm.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _fd_is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def detach_decision() -> tuple[bool, str]:
+    """Whether a daemon should detach, and why, judged from the parent.
+
+    No detaching when a supervisor already made us a daemon: we are PID 1 of
+    a container, our parent is init or a systemd manager (system or user
+    instance), or stdin is a socket (inetd-style super-server). Inherited
+    environment variables are not trusted: a shell inside a service carries
+    ``INVOCATION_ID`` and still needs to detach.
+    """
+    if os.getpid() == 1:
+        return False, "process is PID 1 (container init)"
+    ppid = os.getppid()
+    if ppid == 1:
+        return False, "parent is init (PID 1)"
+    if _parent_command(ppid) == "systemd":
+        return False, f"parent (PID {ppid}) is a systemd service manager"
+    if _fd_is_socket(0):
+        return False, "stdin is a socket (started by a super-server)"
+    return True, f"parent (PID {ppid}) is an ordinary process"
+
+
+def platform_supported() -> bool:
+    """daemonkit needs fork and setsid: any POSIX system."""
+    return sys.platform != "win32" and hasattr(os, "fork")

@@ -1,0 +1,308 @@
+"""The launcher <-> daemon handshake.
+
+The launching process does not exit when it forks: it waits on a pipe until
+the daemon says it is ready, then exits 0; if the daemon reports an error,
+exits, or is killed first, the launcher prints what happened and exits
+non-zero. It never hangs: a daemon that dies closes its end of the pipe, and
+a daemon that stays silent past the timeout is stopped.
+
+Messages use the vocabulary of systemd's sd_notify protocol (``READY=1``,
+``STATUS=...``, ``MAINPID=...``) so the same calls serve both listeners;
+daemonkit's own error report travels as ``X_DAEMONKIT_ERROR=<text>``. On the
+pipe each message is framed by a 4-byte big-endian length.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from . import _posix
+from .errors import StartupError
+
+DEFAULT_READY_TIMEOUT = 90.0  # seconds; systemd's default TimeoutStartSec
+STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a daemon that timed out
+_ERROR_KEY = "X_DAEMONKIT_ERROR="
+_MAX_MESSAGE = 1 << 20
+
+
+class _DaemonSide:
+    """The daemon's end of the channel (at most one per process)."""
+
+    fd: int | None = None
+    owner: int = 0
+    at_fork_registered = False
+
+
+def _forget_in_child() -> None:
+    # A process the daemon forks before it is ready must not keep the
+    # launcher waiting, nor be able to speak for the daemon.
+    if _DaemonSide.fd is not None and os.getpid() != _DaemonSide.owner:
+        try:
+            os.close(_DaemonSide.fd)
+        except OSError:
+            pass
+        _DaemonSide.fd = None
+
+
+def _adopt(fd: int) -> None:
+    """Make ``fd`` this process's channel; children forked later drop it."""
+    _DaemonSide.fd = fd
+    _DaemonSide.owner = os.getpid()
+    if not _DaemonSide.at_fork_registered:
+        os.register_at_fork(after_in_child=_forget_in_child)
+        _DaemonSide.at_fork_registered = True
+
+
+def channel_fd() -> int | None:
+    """The daemon's open channel descriptor, if a launcher is waiting."""
+    if _DaemonSide.fd is not None and _DaemonSide.owner == os.getpid():
+        return _DaemonSide.fd
+    return None
+
+
+def send(message: str) -> bool:
+    """Send one message to the waiting launcher; False if none is waiting."""
+    fd = channel_fd()
+    if fd is None:
+        return False
+    payload = message.encode("utf-8", "backslashreplace")[:_MAX_MESSAGE]
+    frame = len(payload).to_bytes(4, "big") + payload
+    try:
+        while frame:
+            frame = frame[os.write(fd, frame):]
+    except OSError:  # the launcher is gone (e.g. killed): nobody to tell
+        close_channel()
+        return False
+    return True
+
+
+def close_channel() -> None:
+    """Close the daemon's end; the launcher sees end-of-file."""
+    fd = channel_fd()
+    _DaemonSide.fd = None
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def pending() -> bool:
+    """True while a launcher is waiting for this process to become ready."""
+    return channel_fd() is not None
+
+
+def ready(status: str | None = None) -> None:
+    """Tell whoever waits that the daemon is ready to serve.
+
+    The launching process (if it is still waiting) exits 0. Without a waiting
+    launcher this is a cheap no-op. ``status`` is a one-line description
+    shown with the readiness report.
+    """
+    if channel_fd() is None:
+        return
+    message = "READY=1"
+    if status:
+        message += "\nSTATUS=" + status.replace("\n", " ")
+    send(message)
+    close_channel()
+
+
+def report_failure(exc: BaseException, context: str = "") -> None:
+    """Send the exception (type, message, traceback) to the launcher and hang up."""
+    if channel_fd() is None:
+        return
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if context:
+        text = f"{context}\n{text}"
+    send(_ERROR_KEY + text)
+    close_channel()
+
+
+# -- the launcher's side -------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What the launcher learned: the daemon's pid and its status lines."""
+
+    pid: int | None = None
+    statuses: list[str] = field(default_factory=list)
+
+
+def _read_messages(fd: int, deadline: float, outcome: Outcome) -> list[str] | None:
+    """Block until at least one message or EOF; None on timeout, [] on EOF."""
+    import select
+
+    buffer = b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    messages: list[str] = []
+    while True:
+        while len(buffer) >= 4:
+            size = int.from_bytes(buffer[:4], "big")
+            if len(buffer) < 4 + size:
+                break
+            messages.append(buffer[4 : 4 + size].decode("utf-8", "replace"))
+            buffer = buffer[4 + size :]
+        if messages and not buffer:
+            return messages
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        if not poller.poll(remaining * 1000):
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return messages
+        buffer += chunk
+
+
+def wait_until_ready(
+    fd: int, middle_pid: int, timeout: float | None, show_status: bool = True
+) -> Outcome:
+    """Wait for READY=1 on ``fd``; raise :class:`StartupError` otherwise."""
+    outcome = Outcome()
+    limit = DEFAULT_READY_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    middle_status: int | None = None
+    while True:
+        messages = _read_messages(fd, deadline, outcome)
+        if messages is None:
+            _stop_silent_daemon(fd, outcome.pid)
+            raise StartupError(
+                f"the daemon{_pid_text(outcome.pid)} was not ready within {limit:g} s "
+                "and was stopped; raise ready_timeout if it needs longer",
+                pid=outcome.pid,
+            )
+        if not messages:  # end of file: every copy of the daemon's end is closed
+            if middle_status is None:
+                middle_status = _posix.wait_child(middle_pid)
+            if middle_status and outcome.pid is None:
+                raise StartupError(
+                    "detaching failed: the intermediate process "
+                    + _posix.describe_wait_status(middle_status)
+                )
+            raise StartupError(
+                f"the daemon{_pid_text(outcome.pid)} exited before it was ready",
+                pid=outcome.pid,
+            )
+        for message in messages:
+            if message.startswith(_ERROR_KEY):
+                raise StartupError(
+                    f"the daemon{_pid_text(outcome.pid)} failed before it was ready:",
+                    details=message[len(_ERROR_KEY) :],
+                    pid=outcome.pid,
+                )
+            fields = dict(line.partition("=")[::2] for line in message.splitlines())
+            if "MAINPID" in fields and fields["MAINPID"].isdigit():
+                outcome.pid = int(fields["MAINPID"])
+            if "STATUS" in fields:
+                outcome.statuses.append(fields["STATUS"])
+                if show_status and fields.get("READY") != "1":
+                    _say(f"daemonkit: {fields['STATUS']}")
+            if fields.get("READY") == "1":
+                if middle_status is None:
+                    _posix.wait_child(middle_pid)
+                return outcome
+
+
+def _pid_text(pid: int | None) -> str:
+    return f" (pid {pid})" if pid else ""
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _stop_silent_daemon(fd: int, pid: int | None) -> None:
+    """SIGTERM, then SIGKILL after a grace period, a daemon that timed out.
+
+    The daemon is signalled through a pidfd opened while its end of the
+    channel is still open (so the pid still names it), never by a bare pid
+    that might have been reused.
+    """
+    if pid is None:
+        return
+    import select
+    import signal
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if poller.poll(0):  # it hung up meanwhile: nothing to stop
+            return
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, STOP_GRACE)):
+            try:
+                signal.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                return
+            gone = select.poll()
+            gone.register(pidfd, select.POLLIN)
+            if gone.poll(grace * 1000):
+                return
+    finally:
+        os.close(pidfd)
+
+
+# -- the double fork -------------------------------------------------------------
+
+
+def detach(ready_timeout: float | None) -> None:
+    """Fork twice with a new session between; return only in the daemon.
+
+    The launching process waits for the daemon's readiness and then leaves
+    with ``os._exit``: status 0 when ready, 1 (after printing the daemon's
+    error on stderr) when not. The intermediate process exits at once, so the
+    daemon is not a session leader and can never acquire a controlling
+    terminal.
+    """
+    read_fd, write_fd = os.pipe()
+    try:
+        first = _posix.fork("first fork")
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
+    if first > 0:
+        os.close(write_fd)
+        finish_launcher(read_fd, first, ready_timeout)
+    os.close(read_fd)
+    try:
+        _posix.new_session()
+        second = _posix.fork("second fork")
+    except BaseException as exc:
+        _adopt(write_fd)
+        report_failure(exc)
+        _posix.exit_now(1)
+    if second > 0:
+        _posix.exit_now(0)
+    _adopt(write_fd)
+    send(f"MAINPID={os.getpid()}")
+
+
+def finish_launcher(read_fd: int, middle_pid: int, ready_timeout: float | None) -> NoReturn:
+    """In the launcher: wait for the daemon, then exit with its verdict."""
+    try:
+        wait_until_ready(read_fd, middle_pid, ready_timeout)
+    except StartupError as exc:
+        _say(f"daemonkit: {exc}")
+        _posix.exit_now(1)
+    except BaseException as exc:  # e.g. KeyboardInterrupt while waiting
+        _say(f"daemonkit: stopped waiting for the daemon: {exc!r}")
+        _posix.exit_now(1)
+    _posix.exit_now(0)

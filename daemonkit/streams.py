@@ -1,0 +1,180 @@
+"""Standard stream targets: resolve them in the launcher, redirect in the daemon.
+
+PEP 3143 gives ``stdin``/``stdout``/``stderr`` as file objects (or None for
+``/dev/null``); daemonkit also takes paths, opened for append (stdin: for
+reading). Paths are opened in the launching process, before any fork, so that
+a missing directory, a permission problem or a read-only filesystem is
+reported where the user can see it, naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StreamError
+
+STREAM_NAMES = ("stdin", "stdout", "stderr")
+
+
+@dataclass
+class StreamTargets:
+    """Descriptors that will become fds 0, 1 and 2 in the daemon.
+
+    ``None`` means ``/dev/null``. ``owned`` lists descriptors daemonkit opened
+    itself (and may close); ``created`` lists files it created, so that a
+    start that fails before the fork leaves nothing behind.
+    """
+
+    fds: list[int | None] = field(default_factory=lambda: [None, None, None])
+    owned: list[int] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    null: int | None = None
+
+    def open_null(self) -> None:
+        """Open ``/dev/null`` now if a stream needs it (before any chroot)."""
+        if self.null is None and None in self.fds:
+            self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            self.owned.append(self.null)
+
+    def keep(self) -> list[int]:
+        """Descriptors that must survive the closing of inherited ones."""
+        return [fd for fd in [*self.fds, self.null] if fd is not None]
+
+    def discard(self) -> None:
+        """Undo :func:`resolve_streams`: close what it opened, unlink what it made."""
+        for fd in self.owned:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for path in self.created:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.owned.clear()
+        self.created.clear()
+
+
+def file_descriptor(obj: object) -> int | None:
+    """The descriptor behind ``obj`` (int, file-like, socket), None if it has none."""
+    if isinstance(obj, bool):
+        return None
+    if isinstance(obj, int):
+        return obj
+    fileno = getattr(obj, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
+    if name == "stdin":
+        flags, mode = os.O_RDONLY, 0
+    else:
+        flags, mode = os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666 & ~umask
+    flags |= os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    created = False
+    try:
+        if flags & os.O_CREAT:
+            try:
+                fd = os.open(path, flags | os.O_EXCL, mode)
+                created = True
+            except FileExistsError:
+                fd = os.open(path, flags, mode)
+        else:
+            fd = os.open(path, flags)
+    except OSError as exc:
+        hint = {
+            "ENOENT": "create the directory first",
+            "EACCES": "check the permissions of the file and its directory",
+            "EROFS": "the filesystem is read-only; choose another path",
+            "EISDIR": "give a file, not a directory",
+        }
+        from errno import errorcode
+
+        code = errorcode.get(exc.errno or 0, "")
+        advice = hint.get(code, "choose a path the launching process can open")
+        raise StreamError(f"{name}: cannot open {path!r}: {exc.strerror} ({advice})") from exc
+    if created:
+        targets.created.append(path)
+    targets.owned.append(fd)
+    if fd <= 2:  # the launcher had closed a standard stream; keep ours clear of 0-2
+        raised = _above_stdio(fd)
+        os.close(fd)
+        targets.owned[-1] = fd = raised
+    return fd
+
+
+def resolve_streams(policies: dict[str, Any], umask: int) -> StreamTargets:
+    """Turn the three stream policies into descriptors, validating each."""
+    targets = StreamTargets()
+    try:
+        for index, name in enumerate(STREAM_NAMES):
+            value = policies[name]
+            if value is None:
+                continue
+            if isinstance(value, (str, os.PathLike)):
+                path = os.fsdecode(os.fspath(value))
+                targets.fds[index] = _open_path(name, path, umask, targets)
+                continue
+            fd = file_descriptor(value)
+            if fd is None:
+                raise StreamError(
+                    f"{name}: {value!r} has no usable fileno(); give a real file "
+                    "object, a path, or None for /dev/null"
+                )
+            try:
+                os.fstat(fd)
+            except OSError as exc:
+                raise StreamError(f"{name}: descriptor {fd} of {value!r} is not open") from exc
+            targets.fds[index] = fd
+    except BaseException:
+        targets.discard()
+        raise
+    return targets
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd`` itself if it is above 2, else a close-on-exec duplicate that is."""
+    if fd > 2:
+        return fd
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+
+
+def redirect_standard_streams(targets: StreamTargets) -> None:
+    """Point fds 0, 1 and 2 at their targets (``/dev/null`` where none).
+
+    A target that is itself one of fds 0-2 (``stderr=sys.stdout``) is first
+    copied above 2, so redirecting one stream never clobbers another's target.
+    """
+    from ._posix import redirect_fd
+
+    targets.open_null()
+    sources: list[int] = []
+    temporary: list[int] = []
+    for target_fd, source in enumerate(targets.fds):
+        fd = targets.null if source is None else source
+        assert fd is not None
+        if fd != target_fd and fd <= 2:
+            fd = _above_stdio(fd)
+            temporary.append(fd)
+        sources.append(fd)
+    for target_fd, fd in enumerate(sources):
+        redirect_fd(fd, target_fd)
+    for fd in {*targets.owned, *temporary}:
+        if fd > 2:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    targets.owned.clear()
+    targets.null = None
