@@ -30,7 +30,23 @@ _EXPORTS = {
     "AlreadyRunningError": "errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "AlreadyRunningError",
+    "ConfigurationError",
+    "DaemonContext",
+    "DaemonError",
+    "DaemonOSEnvironmentError",
+    "DaemonProcessDetachError",
+    "DirectoryError",
+    "PrivilegeError",
+    "SignalMapError",
+    "StartupError",
+    "StreamError",
+    "UnknownGroupError",
+    "UnknownUserError",
+    "__version__",
+    "ready",
+]
 
 if TYPE_CHECKING:
     from .context import DaemonContext

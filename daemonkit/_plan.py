@@ -128,11 +128,15 @@ def resolve_owner(uid: object, gid: object, initgroups: bool) -> OwnerChange | N
         return None
     if uid_changes and not _posix.has_capability(_posix.CAP_SETUID):
         raise PrivilegeError(
-            1, f"cannot switch to user {uid!r}: changing user needs root (running as uid {os.geteuid()})"
+            1,
+            f"cannot switch to user {uid!r}: changing user needs root "
+            f"(running as uid {os.geteuid()})",
         )
     if (gid_changes or initgroups) and not _posix.has_capability(_posix.CAP_SETGID):
         raise PrivilegeError(
-            1, f"cannot switch to group {gid!r}: changing group needs root (running as uid {os.geteuid()})"
+            1,
+            f"cannot switch to group {gid!r}: changing group needs root "
+            f"(running as uid {os.geteuid()})",
         )
     username = user.pw_name if initgroups and user is not None else None
     groups: list[int] | None = [] if uid_changes and username is None else None
@@ -182,7 +186,8 @@ def _warn_if_threaded() -> None:
     if threading is not None and threading.active_count() > 1:
         import warnings
 
-        names = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        current = threading.current_thread()
+        names = ", ".join(t.name for t in threading.enumerate() if t is not current)
         warnings.warn(
             f"DaemonContext.open() with other threads running ({names}): fork copies "
             "only the calling thread, so they will not exist in the daemon; start "
@@ -211,8 +216,11 @@ def build_plan(context: DaemonContext) -> Plan:
     working = _as_path("working_directory", context.working_directory)
     if chroot is not None:
         inside = os.path.join("/", working)
-        _check_directory("working_directory", os.path.join(chroot, inside.lstrip("/")),
-                         f"{inside} (inside chroot {chroot})")
+        _check_directory(
+            "working_directory",
+            os.path.join(chroot, inside.lstrip("/")),
+            f"{inside} (inside chroot {chroot})",
+        )
         working = inside
     else:
         _check_directory("working_directory", working)
@@ -226,5 +234,15 @@ def build_plan(context: DaemonContext) -> Plan:
     streams = resolve_streams(
         {"stdin": context.stdin, "stdout": context.stdout, "stderr": context.stderr}, umask
     )
-    return Plan(detach, reason, chroot, working, umask, bool(context.prevent_core), owner,
-                signals, streams, preserved)
+    return Plan(
+        detach,
+        reason,
+        chroot,
+        working,
+        umask,
+        bool(context.prevent_core),
+        owner,
+        signals,
+        streams,
+        preserved,
+    )

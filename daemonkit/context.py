@@ -123,7 +123,7 @@ class DaemonContext:
             return
         self._check_ready_timeout()
         plan = build_plan(self)
-        _log_debug("daemonkit: %s: %s", "detaching" if plan.detach else "not detaching", plan.reason)
+        _log_debug("daemonkit: %s: %s", "detach" if plan.detach else "no detach", plan.reason)
         _flush_standard_streams()
         if plan.detach:
             try:
@@ -154,7 +154,9 @@ class DaemonContext:
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
-            raise ConfigurationError(f"ready_timeout must be a positive number of seconds, not {timeout!r}")
+            raise ConfigurationError(
+                f"ready_timeout must be a positive number of seconds, not {timeout!r}"
+            )
 
     def _enter(self, plan: Plan) -> None:
         """The daemon's side of the sequence, in the order that is safe."""

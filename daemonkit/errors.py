@@ -102,9 +102,17 @@ class StartupError(DaemonError):
 
 
 for _cls in (
-    DaemonError, ConfigurationError, DirectoryError, UnknownUserError, UnknownGroupError,
-    StreamError, SignalMapError, DaemonOSEnvironmentError, PrivilegeError,
-    DaemonProcessDetachError, StartupError,
+    DaemonError,
+    ConfigurationError,
+    DirectoryError,
+    UnknownUserError,
+    UnknownGroupError,
+    StreamError,
+    SignalMapError,
+    DaemonOSEnvironmentError,
+    PrivilegeError,
+    DaemonProcessDetachError,
+    StartupError,
 ):
     _cls.__module__ = "daemonkit"  # the public name; daemonkit.errors is where it lives
 del _cls
@@ -112,7 +120,7 @@ del _cls
 if TYPE_CHECKING:
     from lockfile import AlreadyLocked
 
-    class AlreadyRunningError(DaemonError, AlreadyLocked):
+    class AlreadyRunningError(DaemonError, AlreadyLocked):  # type: ignore[misc]
         """Another live process holds the pidfile's lock."""
 
 else:

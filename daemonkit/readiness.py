@@ -73,7 +73,7 @@ def send(message: str) -> bool:
     frame = len(payload).to_bytes(4, "big") + payload
     try:
         while frame:
-            frame = frame[os.write(fd, frame):]
+            frame = frame[os.write(fd, frame) :]
     except OSError:  # the launcher is gone (e.g. killed): nobody to tell
         close_channel()
         return False

@@ -13,11 +13,11 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from .errors import SignalMapError
 
-Handler = Union[Callable[[int, Union[FrameType, None]], Any], int, signal.Handlers, None]
+Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 ResolvedMap = dict[signal.Signals, Handler]
 
 UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
@@ -26,8 +26,7 @@ UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 def default_signal_map() -> dict[Any, Any]:
     """PEP 3143's default: ignore terminal job control, SIGTERM terminates."""
     mapping: dict[Any, Any] = {
-        sig: None
-        for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+        sig: None for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
     }
     mapping[signal.SIGTERM] = "terminate"
     return mapping
@@ -80,12 +79,12 @@ def _resolve_handler(sig: signal.Signals, value: object, context: object) -> Han
     if isinstance(value, signal.Handlers):
         return value
     if isinstance(value, str):
-        method = getattr(context, value, None)
+        method: Handler = getattr(context, value, None)
         if not callable(method):
             raise SignalMapError(
                 f"signal_map[{sig.name}]: {value!r} is not a method of {type(context).__name__}"
             )
-        return method  # type: ignore[no-any-return]
+        return method
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             return signal.Handlers(value)
@@ -94,7 +93,7 @@ def _resolve_handler(sig: signal.Signals, value: object, context: object) -> Han
                 f"signal_map[{sig.name}]: {value} is neither SIG_DFL nor SIG_IGN"
             ) from None
     if callable(value):
-        return value  # type: ignore[return-value]
+        return value
     raise SignalMapError(
         f"signal_map[{sig.name}]: {value!r} is not a handler "
         "(give a callable, None, signal.SIG_IGN, signal.SIG_DFL or a method name)"
@@ -104,4 +103,4 @@ def _resolve_handler(sig: signal.Signals, value: object, context: object) -> Han
 def install_signal_map(resolved: ResolvedMap) -> None:
     """Install every handler of an already resolved map."""
     for sig, handler in resolved.items():
-        signal.signal(sig, handler)  # type: ignore[arg-type]
+        signal.signal(sig, handler)

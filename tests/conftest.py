@@ -1,0 +1,184 @@
+"""Shared fixtures: run real daemon scripts, read their reports, clean up by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = TESTS_DIR.parent
+
+SCRIPT_PRELUDE = f"""\
+import json, os, signal, sys, time
+sys.path.insert(0, {str(TESTS_DIR)!r})
+import facts
+import daemonkit
+REPORT = sys.argv[1]
+"""
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Wait until ``pid`` has exited (it need not be our child)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while is_alive(pid):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            poller.poll(min(remaining, 0.05) * 1000)
+        return True
+    finally:
+        os.close(pidfd)
+
+
+@dataclass
+class Launch:
+    """How a launcher process ended."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed: float
+
+
+class Daemons:
+    """Starts daemon scripts and kills, by PID, every process they left."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.tracked: list[tuple[int, int | None]] = []
+        self.count = 0
+
+    def track(self, pid: int) -> None:
+        """Remember ``pid`` (with its start time, so a reused pid is spared)."""
+        self.tracked.append((pid, start_time(pid)))
+
+    def script(self, body: str) -> Path:
+        """Write a daemon script: the prelude, then ``body`` (dedented)."""
+        self.count += 1
+        path = self.tmp_path / f"daemon_{self.count}.py"
+        path.write_text(SCRIPT_PRELUDE + textwrap.dedent(body))
+        return path
+
+    def report_path(self) -> Path:
+        return self.tmp_path / f"report_{self.count}.json"
+
+    def launch(
+        self,
+        body: str,
+        *,
+        timeout: float = 30.0,
+        stdin: Any = subprocess.DEVNULL,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        preexec_fn: Any = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> tuple[Launch, Path]:
+        """Run a daemon script as a launcher process; return how it ended."""
+        script = self.script(body)
+        report = self.report_path()
+        command = [sys.executable, str(script), str(report), *(args or [])]
+        began = time.monotonic()
+        proc = subprocess.Popen(
+            command,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=self.tmp_path,
+            preexec_fn=preexec_fn,
+            pass_fds=pass_fds,
+            text=True,
+        )
+        self.track(proc.pid)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"launcher did not exit within {timeout} s; stderr: {err}")
+        return Launch(proc.returncode, out, err, time.monotonic() - began), report
+
+    def read_report(self, path: Path, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait for the daemon's report file and track the daemon's pid."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                pytest.fail(f"no report at {path} within {timeout} s")
+            time.sleep(0.01)
+        data: dict[str, Any] = json.loads(path.read_text())
+        self.track(data["pid"])
+        return data
+
+    def kill_all(self) -> None:
+        for pid, started in reversed(self.tracked):
+            if started is None or start_time(pid) != started or not is_alive(pid):
+                continue
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                if start_time(pid) == started:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(pidfd)
+            wait_gone(pid, 5.0)
+        self.tracked.clear()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Start daemon scripts; every process they started is killed by PID after."""
+    tracker = Daemons(tmp_path)
+    try:
+        yield tracker
+    finally:
+        tracker.kill_all()
+
+
+def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
+    """Signal ``pid`` and wait for it to be gone."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return True
+    return wait_gone(pid, timeout)
