@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _posix
@@ -29,30 +28,30 @@ if TYPE_CHECKING:
     from .context import DaemonContext
 
 
-@dataclass
 class OwnerChange:
     """The process owner to switch to; ``username`` set means initgroups."""
 
-    uid: int
-    gid: int
-    groups: list[int] | None
-    username: str | None
+    def __init__(self, uid: int, gid: int, groups: list[int] | None, username: str | None):
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.username = username
 
 
-@dataclass
 class Plan:
-    """Everything the daemon needs, resolved and checked."""
+    """Everything the daemon needs, resolved and checked in the launcher."""
 
-    detach: bool
-    reason: str
-    chroot_directory: str | None
-    working_directory: str
-    umask: int
-    prevent_core: bool
-    owner: OwnerChange | None
-    signals: ResolvedMap
-    streams: StreamTargets
-    preserved: set[int] = field(default_factory=set)
+    def __init__(self, detach: bool, reason: str) -> None:
+        self.detach = detach
+        self.reason = reason
+        self.chroot_directory: str | None = None
+        self.working_directory = "/"
+        self.umask = 0o022
+        self.prevent_core = True
+        self.owner: OwnerChange | None = None
+        self.signals: ResolvedMap = {}
+        self.streams = StreamTargets()
+        self.preserved: set[int] = set()
 
 
 def _check_directory(label: str, path: str, shown: str | None = None) -> None:
@@ -202,10 +201,9 @@ def build_plan(context: DaemonContext) -> Plan:
     if not _posix.platform_supported():
         raise ConfigurationError("daemonkit needs a POSIX system with fork()")
     if context.detach_process is None:
-        detach, reason = _posix.detach_decision()
+        plan = Plan(*_posix.detach_decision())
     else:
-        detach, reason = bool(context.detach_process), "detach_process given explicitly"
-    chroot = None
+        plan = Plan(bool(context.detach_process), "detach_process given explicitly")
     if context.chroot_directory is not None:
         chroot = os.path.abspath(_as_path("chroot_directory", context.chroot_directory))
         _check_directory("chroot_directory", chroot)
@@ -213,36 +211,27 @@ def build_plan(context: DaemonContext) -> Plan:
             raise PrivilegeError(
                 1, f"cannot chroot to {chroot!r}: chroot needs root (running as uid {os.geteuid()})"
             )
+        plan.chroot_directory = chroot
     working = _as_path("working_directory", context.working_directory)
-    if chroot is not None:
+    if plan.chroot_directory is not None:
         inside = os.path.join("/", working)
         _check_directory(
             "working_directory",
-            os.path.join(chroot, inside.lstrip("/")),
-            f"{inside} (inside chroot {chroot})",
+            os.path.join(plan.chroot_directory, inside.lstrip("/")),
+            f"{inside} (inside chroot {plan.chroot_directory})",
         )
-        working = inside
+        plan.working_directory = inside
     else:
         _check_directory("working_directory", working)
-        working = os.path.abspath(working)
-    umask = _check_umask(context.umask)
-    owner = resolve_owner(context.uid, context.gid, bool(context.initgroups))
-    signals = resolve_signal_map(context.signal_map, context)
-    preserved = preserved_descriptors(context.files_preserve)
-    if detach:
+        plan.working_directory = os.path.abspath(working)
+    plan.umask = _check_umask(context.umask)
+    plan.prevent_core = bool(context.prevent_core)
+    plan.owner = resolve_owner(context.uid, context.gid, bool(context.initgroups))
+    plan.signals = resolve_signal_map(context.signal_map, context)
+    plan.preserved = preserved_descriptors(context.files_preserve)
+    if plan.detach:
         _warn_if_threaded()
-    streams = resolve_streams(
-        {"stdin": context.stdin, "stdout": context.stdout, "stderr": context.stderr}, umask
+    plan.streams = resolve_streams(
+        {"stdin": context.stdin, "stdout": context.stdout, "stderr": context.stderr}, plan.umask
     )
-    return Plan(
-        detach,
-        reason,
-        chroot,
-        working,
-        umask,
-        bool(context.prevent_core),
-        owner,
-        signals,
-        streams,
-        preserved,
-    )
+    return plan

@@ -160,12 +160,11 @@ class DaemonContext:
 
     def _enter(self, plan: Plan) -> None:
         """The daemon's side of the sequence, in the order that is safe."""
-        keep = set(plan.preserved) | set(plan.streams.keep())
+        plan.streams.open_null()
+        keep = plan.preserved | set(plan.streams.keep())
         channel = readiness.channel_fd()
         if channel is not None:
             keep.add(channel)
-        plan.streams.open_null()
-        keep.update(plan.streams.keep())
         _posix.close_fds_except(keep)
         if plan.chroot_directory is not None:
             import traceback  # noqa: F401  (needed to report errors once inside)

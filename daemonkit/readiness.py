@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 from . import _posix
@@ -128,12 +127,12 @@ def report_failure(exc: BaseException, context: str = "") -> None:
 # -- the launcher's side -------------------------------------------------------
 
 
-@dataclass
 class Outcome:
     """What the launcher learned: the daemon's pid and its status lines."""
 
-    pid: int | None = None
-    statuses: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.statuses: list[str] = []
 
 
 def _read_messages(fd: int, deadline: float, outcome: Outcome) -> list[str] | None:

@@ -10,7 +10,6 @@ reported where the user can see it, naming the file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import StreamError
@@ -18,7 +17,6 @@ from .errors import StreamError
 STREAM_NAMES = ("stdin", "stdout", "stderr")
 
 
-@dataclass
 class StreamTargets:
     """Descriptors that will become fds 0, 1 and 2 in the daemon.
 
@@ -27,10 +25,11 @@ class StreamTargets:
     start that fails before the fork leaves nothing behind.
     """
 
-    fds: list[int | None] = field(default_factory=lambda: [None, None, None])
-    owned: list[int] = field(default_factory=list)
-    created: list[str] = field(default_factory=list)
-    null: int | None = None
+    def __init__(self) -> None:
+        self.fds: list[int | None] = [None, None, None]
+        self.owned: list[int] = []
+        self.created: list[str] = []
+        self.null: int | None = None
 
     def open_null(self) -> None:
         """Open ``/dev/null`` now if a stream needs it (before any chroot)."""
