@@ -29,13 +29,12 @@ if TYPE_CHECKING:
 
 
 class OwnerChange:
-    """The process owner to switch to; ``username`` set means initgroups."""
+    """The process owner to switch to; ``groups`` None keeps the supplementary groups."""
 
-    def __init__(self, uid: int, gid: int, groups: list[int] | None, username: str | None):
+    def __init__(self, uid: int, gid: int, groups: list[int] | None) -> None:
         self.uid = uid
         self.gid = gid
         self.groups = groups
-        self.username = username
 
 
 class Plan:
@@ -137,9 +136,14 @@ def resolve_owner(uid: object, gid: object, initgroups: bool) -> OwnerChange | N
             f"cannot switch to group {gid!r}: changing group needs root "
             f"(running as uid {os.geteuid()})",
         )
-    username = user.pw_name if initgroups and user is not None else None
-    groups: list[int] | None = [] if uid_changes and username is None else None
-    return OwnerChange(target_uid, target_gid, groups, username)
+    # Resolved here, not in the daemon: inside a chroot the group database
+    # is the jail's (or missing).
+    groups: list[int] | None = None
+    if initgroups and user is not None:
+        groups = sorted(set(os.getgrouplist(user.pw_name, target_gid)))
+    elif uid_changes:
+        groups = []
+    return OwnerChange(target_uid, target_gid, groups)
 
 
 def _handler_descriptor(obj: object) -> int | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
+import signal
 import stat
 import sys
 from collections.abc import Iterable
@@ -67,8 +69,6 @@ def describe_wait_status(status: int) -> str:
 
 def signal_name(signum: int) -> str:
     """``SIGTERM`` for 15, or the number if the platform has no name."""
-    import signal
-
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -113,8 +113,6 @@ def close_fds_except(keep: Iterable[int], low: int = 3) -> None:
 
 def max_open_files() -> int:
     """The soft ``RLIMIT_NOFILE``, or 1024 when it is unlimited."""
-    import resource
-
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return 1024
@@ -164,8 +162,6 @@ def change_directory(directory: str) -> None:
 
 def prevent_core_dumps() -> None:
     """Set the core file size limit to zero, so secrets never reach a core."""
-    import resource
-
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (OSError, ValueError) as exc:
@@ -191,19 +187,17 @@ def has_capability(cap: int) -> bool:
     return os.geteuid() == 0
 
 
-def drop_privileges(uid: int, gid: int, groups: list[int] | None, username: str | None) -> None:
+def drop_privileges(uid: int, gid: int, groups: list[int] | None) -> None:
     """Switch real, effective and saved ids to ``uid``/``gid`` for good.
 
     Order matters: supplementary groups and the group are changed while we
-    still have the right to, the user last. ``groups`` None with ``username``
-    set means the user's groups from the group database (initgroups).
-    Afterwards the change is verified, including that root cannot be regained.
+    still have the right to, the user last. ``groups`` None leaves the
+    supplementary groups alone. Afterwards the change is verified, including
+    that root cannot be regained.
     """
     was_root = os.geteuid() == 0
     try:
-        if username is not None:
-            os.initgroups(username, gid)
-        elif groups is not None:
+        if groups is not None:
             os.setgroups(groups)
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)

@@ -176,7 +176,7 @@ class DaemonContext:
         _posix.change_directory(plan.working_directory)
         if plan.owner is not None:
             owner = plan.owner
-            _posix.drop_privileges(owner.uid, owner.gid, owner.groups, owner.username)
+            _posix.drop_privileges(owner.uid, owner.gid, owner.groups)
         install_signal_map(plan.signals)
         if self.pidfile is not None:
             self.pidfile.__enter__()

@@ -9,6 +9,7 @@ reported where the user can see it, naming the file.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from typing import Any
 
@@ -144,8 +145,6 @@ def _above_stdio(fd: int) -> int:
     """``fd`` itself if it is above 2, else a close-on-exec duplicate that is."""
     if fd > 2:
         return fd
-    import fcntl
-
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
