@@ -9,6 +9,7 @@ message names the call and the object involved.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import resource
 import signal
@@ -126,6 +127,13 @@ def fd_is_open(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def above_stdio(fd: int) -> int:
+    """``fd`` itself if it is above 2, else a close-on-exec duplicate that is."""
+    if fd > 2:
+        return fd
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
 def redirect_fd(source: int, target: int) -> None:

@@ -261,6 +261,21 @@ def _stop_silent_daemon(fd: int, pid: int | None) -> None:
 # -- the double fork -------------------------------------------------------------
 
 
+def _pipe_above_stdio() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are not among fds 0-2.
+
+    A launcher started with standard streams closed would otherwise get the
+    channel there, and redirecting the daemon's streams would cut it.
+    """
+    ends = []
+    for fd in os.pipe():
+        raised = _posix.above_stdio(fd)
+        if raised != fd:
+            os.close(fd)
+        ends.append(raised)
+    return ends[0], ends[1]
+
+
 def detach(ready_timeout: float | None) -> None:
     """Fork twice with a new session between; return only in the daemon.
 
@@ -270,7 +285,7 @@ def detach(ready_timeout: float | None) -> None:
     daemon is not a session leader and can never acquire a controlling
     terminal.
     """
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = _pipe_above_stdio()
     try:
         first = _posix.fork("first fork")
     except BaseException:

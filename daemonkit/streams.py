@@ -9,10 +9,10 @@ reported where the user can see it, naming the file.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from typing import Any
 
+from . import _posix
 from .errors import StreamError
 
 STREAM_NAMES = ("stdin", "stdout", "stderr")
@@ -86,6 +86,7 @@ def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
             try:
                 fd = os.open(path, flags | os.O_EXCL, mode)
                 created = True
+                os.fchmod(fd, mode)  # the launcher's own umask must not narrow it
             except FileExistsError:
                 fd = os.open(path, flags, mode)
         else:
@@ -106,7 +107,7 @@ def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
         targets.created.append(path)
     targets.owned.append(fd)
     if fd <= 2:  # the launcher had closed a standard stream; keep ours clear of 0-2
-        raised = _above_stdio(fd)
+        raised = _posix.above_stdio(fd)
         os.close(fd)
         targets.owned[-1] = fd = raised
     return fd
@@ -141,21 +142,12 @@ def resolve_streams(policies: dict[str, Any], umask: int) -> StreamTargets:
     return targets
 
 
-def _above_stdio(fd: int) -> int:
-    """``fd`` itself if it is above 2, else a close-on-exec duplicate that is."""
-    if fd > 2:
-        return fd
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-
-
 def redirect_standard_streams(targets: StreamTargets) -> None:
     """Point fds 0, 1 and 2 at their targets (``/dev/null`` where none).
 
     A target that is itself one of fds 0-2 (``stderr=sys.stdout``) is first
     copied above 2, so redirecting one stream never clobbers another's target.
     """
-    from ._posix import redirect_fd
-
     targets.open_null()
     sources: list[int] = []
     temporary: list[int] = []
@@ -163,11 +155,11 @@ def redirect_standard_streams(targets: StreamTargets) -> None:
         fd = targets.null if source is None else source
         assert fd is not None
         if fd != target_fd and fd <= 2:
-            fd = _above_stdio(fd)
+            fd = _posix.above_stdio(fd)
             temporary.append(fd)
         sources.append(fd)
     for target_fd, fd in enumerate(sources):
-        redirect_fd(fd, target_fd)
+        _posix.redirect_fd(fd, target_fd)
     for fd in {*targets.owned, *temporary}:
         if fd > 2:
             try:
