@@ -315,77 +315,35 @@ def test_detach_process_false_stays_in_foreground(daemons: Daemons, tmp_path: Pa
     assert {data["fds"][fd] for fd in ("0", "1", "2")} == {"/dev/null"}
 
 
-def test_detach_process_false_in_this_process(daemons: Daemons, tmp_path: Path) -> None:
-    """A fork of this test process itself enters the context, without detaching.
-
-    This is what ``@pytest.mark.forked`` would do, done by hand: pytest-forked
-    1.7.5 cannot send any report back under pytest 9 (``TestReport._id`` is not
-    marshallable), so the child records its state and the test checks it here.
-    """
-    state_path = tmp_path / "state.json"
+@pytest.mark.forked
+def test_detach_process_false_in_this_process(tmp_path: Path) -> None:
+    """pytest-forked's child of this test process enters the context itself."""
     (tmp_path / "work").mkdir()
-    test_pid, sid, pgid = os.getpid(), os.getsid(0), os.getpgid(0)
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child, which never returns
-        status = 1
-        try:
-            forks: list[int] = []
-            os.register_at_fork(before=lambda: forks.append(os.getpid()))
-            os.umask(0o077)
-            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            # Keep every descriptor pytest has open (capturing, plugins).
-            open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
-            context = daemonkit.DaemonContext(
-                detach_process=False,
-                working_directory=tmp_path / "work",
-                umask=0o027,
-                files_preserve=open_fds,
-            )
-            with context:
-                umask = os.umask(0)
-                os.umask(umask)
-                state = {
-                    "pid": os.getpid(),
-                    "sid": os.getsid(0),
-                    "pgid": os.getpgid(0),
-                    "ppid": os.getppid(),
-                    "cwd": os.getcwd(),
-                    "umask": umask,
-                    "terminate": signal.getsignal(signal.SIGTERM) == context.terminate,
-                    "ignored": [
-                        signal.getsignal(sig) == signal.SIG_IGN
-                        for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
-                    ],
-                    "stdio": [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)],
-                    "is_open": context.is_open,
-                    "forks": list(forks),
-                }
-            state["closed_after"] = not context.is_open
-            state_path.write_text(json.dumps(state))
-            status = 0
-        except BaseException:
-            import traceback
-
-            (tmp_path / "error.txt").write_text(traceback.format_exc())
-        finally:
-            os._exit(status)
-    daemons.track(child)
-    _, status = os.waitpid(child, 0)
-    error = tmp_path / "error.txt"
-    assert os.waitstatus_to_exitcode(status) == 0, error.read_text() if error.exists() else ""
-    state = json.loads(state_path.read_text())
-    assert state == {
-        "pid": child,  # the with body ran in the process that entered the context
-        "sid": sid,
-        "pgid": pgid,
-        "ppid": test_pid,
-        "cwd": str(tmp_path / "work"),
-        "umask": 0o027,
-        "terminate": True,
-        "ignored": [True, True, True],
-        "stdio": ["/dev/null"] * 3,
-        "is_open": True,
-        "forks": [],
-        "closed_after": True,
-    }
+    pid, sid, pgid, ppid = os.getpid(), os.getsid(0), os.getpgid(0), os.getppid()
+    forks: list[int] = []
+    os.register_at_fork(before=lambda: forks.append(os.getpid()))
+    os.umask(0o077)
+    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Keep every descriptor pytest has open (capturing, plugins).
+    open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    context = daemonkit.DaemonContext(
+        detach_process=False,
+        working_directory=tmp_path / "work",
+        umask=0o027,
+        files_preserve=open_fds,
+    )
+    with context:
+        umask = os.umask(0)
+        os.umask(umask)
+        assert context.is_open
+        # The with body runs in the process that entered the context.
+        assert (os.getpid(), os.getsid(0), os.getpgid(0), os.getppid()) == (pid, sid, pgid, ppid)
+        assert os.getcwd() == str(tmp_path / "work")
+        assert umask == 0o027
+        assert signal.getsignal(signal.SIGTERM) == context.terminate
+        for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+            assert signal.getsignal(sig) == signal.SIG_IGN
+        assert [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
+        assert forks == []
+    assert not context.is_open
