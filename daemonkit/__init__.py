@@ -20,6 +20,9 @@ _EXPORTS = {
     "DaemonError": "errors",
     "ConfigurationError": "errors",
     "DirectoryError": "errors",
+    "PIDFileError": "errors",
+    "PIDFileTimeoutError": "errors",
+    "PIDFile": "pidfile",
     "UnknownUserError": "errors",
     "UnknownGroupError": "errors",
     "StreamError": "errors",
@@ -39,6 +42,9 @@ __all__ = [
     "DaemonOSEnvironmentError",
     "DaemonProcessDetachError",
     "DirectoryError",
+    "PIDFile",
+    "PIDFileError",
+    "PIDFileTimeoutError",
     "PrivilegeError",
     "SignalMapError",
     "StartupError",
@@ -58,6 +64,8 @@ if TYPE_CHECKING:
         DaemonOSEnvironmentError,
         DaemonProcessDetachError,
         DirectoryError,
+        PIDFileError,
+        PIDFileTimeoutError,
         PrivilegeError,
         SignalMapError,
         StartupError,
@@ -65,6 +73,7 @@ if TYPE_CHECKING:
         UnknownGroupError,
         UnknownUserError,
     )
+    from .pidfile import PIDFile
     from .readiness import ready
 
 

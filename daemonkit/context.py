@@ -20,12 +20,15 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from types import FrameType, TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _posix, readiness
 from ._plan import Plan, build_plan
 from .signals import default_signal_map, install_signal_map
 from .streams import redirect_standard_streams
+
+if TYPE_CHECKING:
+    from .pidfile import PIDFile
 
 __all__ = ["DaemonContext"]
 
@@ -124,20 +127,28 @@ class DaemonContext:
         self._check_ready_timeout()
         plan = build_plan(self)
         _log_debug("daemonkit: %s: %s", "detach" if plan.detach else "no detach", plan.reason)
-        _flush_standard_streams()
-        if plan.detach:
-            try:
-                readiness.detach(self.ready_timeout)
-            except BaseException:
-                plan.streams.discard()
-                raise
+        lock = self._own_pidfile()
         try:
-            self._enter(plan)
+            if lock is not None and not lock._holding():
+                # "Already running" is decided here, before anything happens.
+                lock.lock(lock.acquire_timeout)
+            _flush_standard_streams()
+            if plan.detach:
+                if lock is not None:
+                    lock._handing_down = True
+                readiness.detach(self.ready_timeout)
+                if lock is not None:
+                    lock._adopt()
+        except BaseException:
+            self._undo_launch(plan, lock)
+            raise
+        try:
+            self._enter(plan, lock)
         except BaseException as exc:
             if readiness.pending():
                 readiness.report_failure(exc)
                 _posix.exit_now(1)
-            plan.streams.discard()
+            self._undo_launch(plan, lock)
             raise
         self._is_open = True
         self._owner_pid = os.getpid()
@@ -146,6 +157,23 @@ class DaemonContext:
         atexit.register(self.close)
         if not self.wait_ready:
             readiness.ready()
+
+    def _own_pidfile(self) -> PIDFile | None:
+        """The pidfile if it is daemonkit's own (lock taken in the launcher)."""
+        module = sys.modules.get("daemonkit.pidfile")  # not imported: cannot be one
+        if module is not None and isinstance(self.pidfile, module.PIDFile):
+            lock: PIDFile = self.pidfile
+            return lock
+        return None
+
+    @staticmethod
+    def _undo_launch(plan: Plan, lock: PIDFile | None) -> None:
+        """Leave nothing behind when starting fails in this process."""
+        plan.streams.discard()
+        if lock is not None:
+            lock._handing_down = False
+            if lock._holding():
+                lock.release()
 
     def _check_ready_timeout(self) -> None:
         from .errors import ConfigurationError
@@ -158,10 +186,16 @@ class DaemonContext:
                 f"ready_timeout must be a positive number of seconds, not {timeout!r}"
             )
 
-    def _enter(self, plan: Plan) -> None:
+    def _enter(self, plan: Plan, lock: PIDFile | None) -> None:
         """The daemon's side of the sequence, in the order that is safe."""
+        if lock is not None:
+            # Before chroot and the privilege drop; the descriptor stays open
+            # so the file can be removed or emptied at exit all the same.
+            lock.write_pid()
         plan.streams.open_null()
         keep = plan.preserved | set(plan.streams.keep())
+        if lock is not None:
+            keep.add(lock.fileno())
         channel = readiness.channel_fd()
         if channel is not None:
             keep.add(channel)
@@ -178,8 +212,8 @@ class DaemonContext:
             owner = plan.owner
             _posix.drop_privileges(owner.uid, owner.gid, owner.groups)
         install_signal_map(plan.signals)
-        if self.pidfile is not None:
-            self.pidfile.__enter__()
+        if self.pidfile is not None and lock is None:
+            self.pidfile.__enter__()  # a lockfile-style object, as python-daemon does
         redirect_standard_streams(plan.streams)
 
     def close(self) -> None:

@@ -15,7 +15,9 @@ thing that is wrong and what to do about it::
      |    +-- PrivilegeError                    the change needs privileges we lack
      +-- DaemonProcessDetachError (also OSError; python-daemon's name)
      +-- StartupError                           the daemon failed before it was ready
-     +-- AlreadyRunningError (also lockfile.AlreadyLocked)
+     +-- AlreadyRunningError (also lockfile.AlreadyLocked)   the pidfile is locked
+     |    +-- PIDFileTimeoutError (also lockfile.LockTimeout) ... still, after a wait
+     +-- PIDFileError (also lockfile.LockFailed)  the pidfile cannot be used safely
 
 Configuration errors are raised in the launching process, before any fork,
 so nothing has happened yet when they reach the caller.
@@ -32,6 +34,8 @@ __all__ = [
     "DaemonOSEnvironmentError",
     "DaemonProcessDetachError",
     "DirectoryError",
+    "PIDFileError",
+    "PIDFileTimeoutError",
     "PrivilegeError",
     "SignalMapError",
     "StartupError",
@@ -118,26 +122,50 @@ for _cls in (
 del _cls
 
 if TYPE_CHECKING:
-    from lockfile import AlreadyLocked
+    from lockfile import AlreadyLocked, LockFailed, LockTimeout
 
     class AlreadyRunningError(DaemonError, AlreadyLocked):  # type: ignore[misc]
         """Another live process holds the pidfile's lock."""
 
+    class PIDFileTimeoutError(AlreadyRunningError, LockTimeout):  # type: ignore[misc]
+        """The pidfile stayed locked for the whole acquire timeout."""
+
+    class PIDFileError(DaemonError, LockFailed):  # type: ignore[misc]
+        """The pidfile cannot be opened, locked or written safely."""
+
 else:
+    _LOCKFILE_CLASSES = {
+        "AlreadyRunningError": (
+            ("DaemonError", "AlreadyLocked"),
+            "Another live process holds the pidfile's lock.",
+        ),
+        "PIDFileTimeoutError": (
+            ("AlreadyRunningError", "LockTimeout"),
+            "The pidfile stayed locked for the whole acquire timeout.",
+        ),
+        "PIDFileError": (
+            ("DaemonError", "LockFailed"),
+            "The pidfile cannot be opened, locked or written safely.",
+        ),
+    }
 
     def __getattr__(name: str) -> Any:
-        # lockfile costs milliseconds to import; build this class on first use.
-        if name == "AlreadyRunningError":
-            from lockfile import AlreadyLocked
+        # lockfile costs milliseconds to import: build these classes on first use.
+        if name in globals():
+            return globals()[name]
+        if name not in _LOCKFILE_CLASSES:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import lockfile
 
-            cls = type(
-                "AlreadyRunningError",
-                (DaemonError, AlreadyLocked),
-                {
-                    "__doc__": "Another live process holds the pidfile's lock.",
-                    "__module__": "daemonkit",
-                },
-            )
-            globals()[name] = cls
-            return cls
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        base_names, doc = _LOCKFILE_CLASSES[name]
+        bases = tuple(
+            DaemonError
+            if base == "DaemonError"
+            else __getattr__(base)
+            if base in _LOCKFILE_CLASSES
+            else getattr(lockfile, base)
+            for base in base_names
+        )
+        cls = type(name, bases, {"__doc__": doc, "__module__": "daemonkit"})
+        globals()[name] = cls
+        return cls

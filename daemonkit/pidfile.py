@@ -1,0 +1,518 @@
+"""A pidfile whose truth is a lock, not the file's existence.
+
+The classic pidfile is created with ``O_EXCL`` and deleted at exit; after a
+crash or ``kill -9`` it stays, blocks the next start, or names a pid the
+kernel has since given to another process. :class:`PIDFile` instead holds an
+exclusive ``flock`` on the file for the daemon's whole life:
+
+- a lock cannot outlive its holder, so a file left by a crash is unlocked,
+  hence stale, and the next start takes it over without manual cleanup;
+- ``flock`` belongs to the open file description, so the launcher can take it
+  before forking (deciding "already running" on the spot) and hand it down to
+  the daemon, and, unlike POSIX record locks, closing some other descriptor
+  of the file does not drop it;
+- the content (``"<pid>\\n"``) is written by the daemon itself and trusted
+  only while the lock is held.
+
+It speaks lockfile's ``LockBase`` protocol and raises its exceptions, so it
+replaces ``lockfile.pidlockfile.PIDLockFile`` and python-daemon's
+``TimeoutPIDLockFile`` (an alias here). As with ``PIDLockFile``,
+``acquire()`` without a timeout fails at once when the file is locked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import time
+import weakref
+from typing import Any, NoReturn
+
+from lockfile import AlreadyLocked, LockBase, LockFailed, LockTimeout, NotLocked, NotMyLock
+
+from . import errors
+
+__all__ = [
+    "PIDFile",
+    "PIDStatus",
+    "TimeoutPIDLockFile",
+    "read_pid",
+    "status",
+]
+
+__all__ += ["AlreadyLocked", "LockFailed", "LockTimeout", "NotLocked", "NotMyLock"]
+
+MODE = 0o644
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+_HELD: weakref.WeakSet[PIDFile] = weakref.WeakSet()
+_WAITER_FDS: set[int] = set()
+_hook_registered = False
+
+
+def _close_in_child() -> None:
+    """after_in_child: processes the holder forks must not keep the lock."""
+    for pidfile in list(_HELD):
+        if not pidfile._handing_down:
+            pidfile._forget()
+    for fd in list(_WAITER_FDS):
+        _WAITER_FDS.discard(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _ensure_fork_hook() -> None:
+    global _hook_registered
+    if not _hook_registered:
+        os.register_at_fork(after_in_child=_close_in_child)
+        _hook_registered = True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _flock_kinds(st: os.stat_result) -> set[str] | None:
+    """Kinds ("WRITE"/"READ") of flock locks granted on the file, None if unknown."""
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    kinds = set()
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == key:
+            kinds.add(parts[3])
+    return kinds
+
+
+def _probe_locked(path: str) -> bool:
+    """True if someone holds an exclusive lock, asking the kernel directly."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        kinds = _flock_kinds(os.fstat(fd))
+        if kinds:
+            return "WRITE" in kinds
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)  # also drops the probe's shared lock, if it got one
+
+
+class PIDStatus:
+    """What a pidfile says, judged by its lock.
+
+    ``state`` is one of ``ABSENT`` (no file), ``STALE`` (no lock: left by a
+    crash, or emptied), ``STARTING`` (locked, pid not yet written),
+    ``RUNNING`` (locked: ``pid`` is the live holder) or ``UNVERIFIED`` (no
+    lock but the pid is alive: a pidfile written by another tool, or a pid
+    the kernel reused; never signal it on this evidence).
+    """
+
+    ABSENT = "absent"
+    STALE = "stale"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNVERIFIED = "unverified"
+
+    def __init__(self, path: str, state: str, pid: int | None) -> None:
+        self.path = path
+        self.state = state
+        self.pid = pid
+
+    @property
+    def running(self) -> bool:
+        """True when a live process holds the lock."""
+        return self.state in (self.RUNNING, self.STARTING)
+
+    def __repr__(self) -> str:
+        return f"PIDStatus({self.path!r}, state={self.state!r}, pid={self.pid!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PIDStatus):
+            return NotImplemented
+        return (self.path, self.state, self.pid) == (other.path, other.state, other.pid)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class PIDFile(LockBase):  # type: ignore[misc]
+    """A lock-backed pidfile; lockfile's ``LockBase`` protocol.
+
+    ``acquire_timeout`` is the default for :meth:`acquire` (seconds; None or
+    <= 0: fail at once with ``AlreadyLocked`` when another process holds it;
+    > 0: wait that long, then ``LockTimeout``). Extra positional and keyword
+    arguments (lockfile's ``threaded``, ``timeout``) are accepted for
+    compatibility.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        acquire_timeout: float | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        # LockBase.__init__ is not called: it looks up the host name for the
+        # separate ".lock" files that lockfile's other classes use.
+        self.path = os.fsdecode(os.fspath(path))
+        self.lock_file = self.unique_name = self.path
+        if acquire_timeout is None:
+            acquire_timeout = kwargs.get("timeout")
+        self.acquire_timeout = acquire_timeout
+        self.timeout = acquire_timeout
+        self._fd: int | None = None
+        self._owner: int | None = None
+        self._created = False
+        self._handing_down = False
+
+    # -- lockfile protocol --------------------------------------------------
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the lock and write this process's pid into the file."""
+        self.lock(self.acquire_timeout if timeout is None else timeout)
+        self.write_pid()
+
+    def release(self) -> None:
+        """Remove (or, without the right to, empty) the file and drop the lock."""
+        if not self._holding():
+            if self.is_locked():
+                raise NotMyLock(f"{self.path} is locked, but not by this process")
+            raise NotLocked(f"{self.path} is not locked")
+        fd = self._fd
+        assert fd is not None
+        if self._same_file(fd):
+            try:
+                os.unlink(self.path)
+            except OSError:
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
+        self._forget()
+
+    def is_locked(self) -> bool:
+        """True while some live process holds the lock."""
+        if self.i_am_locking():
+            return True
+        return _probe_locked(self.path)
+
+    def i_am_locking(self) -> bool:
+        """True if this process holds the lock on the file now at ``path``."""
+        return self._holding() and self._same_file(self._fd)  # type: ignore[arg-type]
+
+    def break_lock(self) -> None:
+        """Remove the file, whoever holds it (lockfile's semantics).
+
+        A holder keeps a lock on the removed file; the next start creates a
+        new one. Use only when the holder is known to be wrong.
+        """
+        if self._holding():
+            self._forget()
+        try:
+            if stat.S_ISREG(os.lstat(self.path).st_mode):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def read_pid(self) -> int | None:
+        """The pid written in the file, unverified; None if none can be read."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            first = os.read(fd, 64).split(b"\n", 1)[0].strip()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            pid = int(first)
+        except ValueError:
+            return None
+        return pid if pid > 0 else None
+
+    def __enter__(self) -> PIDFile:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<PIDFile: {self.path!r}>"
+
+    # -- beyond the protocol ------------------------------------------------
+
+    def holder(self) -> PIDStatus:
+        """Who holds the pidfile: see :class:`PIDStatus`."""
+        if self.i_am_locking():
+            pid = self.read_pid()
+            return PIDStatus(self.path, PIDStatus.RUNNING if pid else PIDStatus.STARTING, pid)
+        try:
+            os.lstat(self.path)
+        except FileNotFoundError:
+            return PIDStatus(self.path, PIDStatus.ABSENT, None)
+        except OSError:
+            pass
+        pid = self.read_pid()
+        if _probe_locked(self.path):
+            if pid is None:
+                return PIDStatus(self.path, PIDStatus.STARTING, None)
+            return PIDStatus(self.path, PIDStatus.RUNNING, pid)
+        if pid is not None and _pid_alive(pid):
+            return PIDStatus(self.path, PIDStatus.UNVERIFIED, pid)
+        return PIDStatus(self.path, PIDStatus.STALE, pid)
+
+    def lock(self, timeout: float | None = None) -> None:
+        """Take the lock without writing a pid (the daemon writes it later).
+
+        Empties a stale file so its old pid is never mistaken for ours.
+        Raises :class:`~daemonkit.AlreadyRunningError` (a lockfile
+        ``AlreadyLocked``) when another process holds it and ``timeout`` is
+        None or <= 0, ``PIDFileTimeoutError`` (a ``LockTimeout``) when the
+        wait expires, :class:`~daemonkit.PIDFileError` (a ``LockFailed``)
+        when the file cannot safely be opened.
+        """
+        if self._holding():
+            raise errors.AlreadyRunningError(f"{self.path} is already locked by this process")
+        self._check_directory()
+        deadline = time.monotonic() + timeout if timeout is not None and timeout > 0 else None
+        while True:
+            fd, created = self._open()
+            try:
+                locked = self._try_lock(fd) or (
+                    deadline is not None and self._wait_lock(fd, deadline)
+                )
+            except BaseException:
+                os.close(fd)
+                raise
+            if not locked:
+                os.close(fd)
+                self._raise_held(timeout)
+            if self._same_file(fd):
+                break
+            os.close(fd)  # removed or replaced while we waited: lock the new one
+        try:
+            os.ftruncate(fd, 0)
+        except OSError as exc:
+            os.close(fd)
+            raise self._error("cannot empty", exc) from exc
+        self._fd, self._owner, self._created = fd, os.getpid(), created
+        _HELD.add(self)
+        _ensure_fork_hook()
+
+    def write_pid(self, pid: int | None = None) -> None:
+        """Write ``pid`` (default: this process) as the file's whole content."""
+        if not self._holding():
+            raise NotLocked(f"{self.path} is not locked by this process")
+        fd = self._fd
+        assert fd is not None
+        data = f"{os.getpid() if pid is None else pid}\n".encode()
+        try:
+            os.ftruncate(fd, 0)
+            if os.pwrite(fd, data, 0) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise self._error("cannot write the pid to", exc) from exc
+
+    def fileno(self) -> int:
+        """The locked descriptor (for files_preserve-style bookkeeping)."""
+        if self._fd is None:
+            raise NotLocked(f"{self.path} is not locked")
+        return self._fd
+
+    # -- internals ------------------------------------------------------------
+
+    def _holding(self) -> bool:
+        return self._fd is not None and self._owner == os.getpid()
+
+    def _forget(self) -> None:
+        """Close our descriptor; in the owner this drops the lock."""
+        fd, self._fd, self._owner = self._fd, None, None
+        _HELD.discard(self)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _adopt(self) -> None:
+        """In the daemon after the final fork: the inherited lock is ours."""
+        self._handing_down = False
+        if self._fd is not None:
+            self._owner = os.getpid()
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            on_disk = os.stat(self.path, follow_symlinks=False)
+            held = os.fstat(fd)
+        except OSError:
+            return False
+        return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+    def _error(self, action: str, exc: OSError) -> errors.PIDFileError:
+        advice = {
+            errno.ENOENT: "create the directory first",
+            errno.EACCES: "run as a user that may write there, or choose another path",
+            errno.EPERM: "run as a user that may write there, or choose another path",
+            errno.EROFS: "the filesystem is read-only; choose a path on a writable one",
+            errno.ENOSPC: "the filesystem is full; free some space",
+            errno.EDQUOT: "the disk quota is exhausted",
+            errno.ELOOP: "it is a symbolic link, which is refused; remove it",
+            errno.EISDIR: "it is a directory; give a file path",
+        }.get(exc.errno or 0, "choose another path")
+        return errors.PIDFileError(f"pidfile {self.path}: {action} it: {exc.strerror} ({advice})")
+
+    def _check_directory(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            st = os.stat(directory)
+        except OSError as exc:
+            raise errors.PIDFileError(
+                f"pidfile {self.path}: its directory {directory} is unusable: {exc.strerror}"
+                " (create it first)"
+            ) from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise errors.PIDFileError(f"pidfile {self.path}: {directory} is not a directory")
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            raise errors.PIDFileError(
+                f"pidfile {self.path}: directory {directory} is writable by everyone without "
+                "the sticky bit, so anyone could replace the pidfile; use a private "
+                "directory such as /run/NAME"
+            )
+
+    def _open(self) -> tuple[int, bool]:
+        """Open (creating if needed) the pidfile, refusing anything unsafe."""
+        created = False
+        while True:
+            try:
+                fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, MODE)
+                created = True
+            except FileExistsError:
+                try:
+                    fd = os.open(self.path, _OPEN_FLAGS)
+                except FileNotFoundError:
+                    continue  # removed in between: create it
+                except OSError as exc:
+                    raise self._error("cannot open", exc) from exc
+            except OSError as exc:
+                raise self._error("cannot create", exc) from exc
+            break
+        try:
+            st = os.fstat(fd)
+            problem = None
+            if not stat.S_ISREG(st.st_mode):
+                problem = "is not a regular file; remove it or choose another path"
+            elif st.st_nlink != 1:
+                problem = f"has {st.st_nlink} hard links, which is refused; remove it"
+            elif st.st_uid not in (os.geteuid(), 0):
+                problem = f"is owned by uid {st.st_uid}, not by us; remove it"
+            if problem:
+                raise errors.PIDFileError(f"pidfile {self.path} {problem}")
+            if created:
+                os.fchmod(fd, MODE)
+        except BaseException:
+            os.close(fd)
+            if created:
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+            raise
+        return fd, created
+
+    @staticmethod
+    def _try_lock(fd: int) -> bool:
+        for _ in range(50):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            # Held. By a daemon (an exclusive lock), or only for an instant
+            # by a status probe (a shared one)? Retry briefly in that case.
+            kinds = _flock_kinds(os.fstat(fd))
+            if kinds is None or "WRITE" in kinds:
+                return False
+            time.sleep(0.001)
+        return False
+
+    @staticmethod
+    def _wait_lock(fd: int, deadline: float) -> bool:
+        """Block on the lock until ``deadline``, in a helper thread.
+
+        ``flock`` has no timeout; a blocking call in a thread, abandoned at
+        the deadline, waits without polling. The thread works on its own
+        duplicate of the descriptor: if it gets the lock after we gave up, it
+        closes that duplicate, and with it the lock.
+        """
+        import threading
+
+        waiter_fd = os.dup(fd)
+        _WAITER_FDS.add(waiter_fd)
+        done = threading.Event()
+        guard = threading.Lock()
+        state = {"locked": False}
+
+        def wait() -> None:
+            try:
+                fcntl.flock(waiter_fd, fcntl.LOCK_EX)
+                locked = True
+            except OSError:
+                locked = False
+            with guard:
+                state["locked"] = locked
+                if waiter_fd in _WAITER_FDS:
+                    _WAITER_FDS.discard(waiter_fd)
+                    os.close(waiter_fd)
+            done.set()
+
+        threading.Thread(target=wait, name="daemonkit-pidfile-wait", daemon=True).start()
+        done.wait(max(0.0, deadline - time.monotonic()))
+        with guard:  # the thread's verdict, if it came before the deadline
+            return state["locked"]
+
+    def _raise_held(self, timeout: float | None) -> NoReturn:
+        pid = self.read_pid()
+        who = f"running as pid {pid}" if pid else "starting (no pid written yet)"
+        if timeout is not None and timeout > 0:
+            raise errors.PIDFileTimeoutError(
+                f"{self.path} is locked: the daemon is already {who}; "
+                f"still locked after {timeout:g} s"
+            )
+        raise errors.AlreadyRunningError(f"{self.path} is locked: the daemon is already {who}")
+
+
+TimeoutPIDLockFile = PIDFile
+
+
+def status(path: str | os.PathLike[str]) -> PIDStatus:
+    """The state of the pidfile at ``path``: see :class:`PIDStatus`."""
+    return PIDFile(path).holder()
+
+
+def read_pid(path: str | os.PathLike[str]) -> int | None:
+    """The pid of the live holder of the pidfile at ``path``, or None."""
+    found = status(path)
+    return found.pid if found.state == PIDStatus.RUNNING else None
