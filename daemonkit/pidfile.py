@@ -23,7 +23,6 @@ replaces ``lockfile.pidlockfile.PIDLockFile`` and python-daemon's
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 import time
@@ -32,7 +31,7 @@ from typing import Any, NoReturn
 
 from lockfile import AlreadyLocked, LockBase, LockFailed, LockTimeout, NotLocked, NotMyLock
 
-from . import errors
+from . import _flock, errors
 
 __all__ = [
     "PIDFile",
@@ -47,7 +46,6 @@ __all__ += ["AlreadyLocked", "LockFailed", "LockTimeout", "NotLocked", "NotMyLoc
 MODE = 0o644
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _HELD: weakref.WeakSet[PIDFile] = weakref.WeakSet()
-_WAITER_FDS: set[int] = set()
 _hook_registered = False
 
 
@@ -56,12 +54,7 @@ def _close_in_child() -> None:
     for pidfile in list(_HELD):
         if not pidfile._handing_down:
             pidfile._forget()
-    for fd in list(_WAITER_FDS):
-        _WAITER_FDS.discard(fd)
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    _flock.close_waiters()
 
 
 def _ensure_fork_hook() -> None:
@@ -69,51 +62,6 @@ def _ensure_fork_hook() -> None:
     if not _hook_registered:
         os.register_at_fork(after_in_child=_close_in_child)
         _hook_registered = True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _flock_kinds(st: os.stat_result) -> set[str] | None:
-    """Kinds ("WRITE"/"READ") of flock locks granted on the file, None if unknown."""
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks") as table:
-            lines = table.read().splitlines()
-    except OSError:
-        return None
-    kinds = set()
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == key:
-            kinds.add(parts[3])
-    return kinds
-
-
-def _probe_locked(path: str) -> bool:
-    """True if someone holds an exclusive lock, asking the kernel directly."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        kinds = _flock_kinds(os.fstat(fd))
-        if kinds:
-            return "WRITE" in kinds
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        return False
-    finally:
-        os.close(fd)  # also drops the probe's shared lock, if it got one
 
 
 class PIDStatus:
@@ -212,7 +160,7 @@ class PIDFile(LockBase):  # type: ignore[misc]
         """True while some live process holds the lock."""
         if self.i_am_locking():
             return True
-        return _probe_locked(self.path)
+        return _flock.probe_locked(self.path)
 
     def i_am_locking(self) -> bool:
         """True if this process holds the lock on the file now at ``path``."""
@@ -276,11 +224,11 @@ class PIDFile(LockBase):  # type: ignore[misc]
         except OSError:
             pass
         pid = self.read_pid()
-        if _probe_locked(self.path):
+        if _flock.probe_locked(self.path):
             if pid is None:
                 return PIDStatus(self.path, PIDStatus.STARTING, None)
             return PIDStatus(self.path, PIDStatus.RUNNING, pid)
-        if pid is not None and _pid_alive(pid):
+        if pid is not None and _flock.pid_alive(pid):
             return PIDStatus(self.path, PIDStatus.UNVERIFIED, pid)
         return PIDStatus(self.path, PIDStatus.STALE, pid)
 
@@ -301,8 +249,8 @@ class PIDFile(LockBase):  # type: ignore[misc]
         while True:
             fd, created = self._open()
             try:
-                locked = self._try_lock(fd) or (
-                    deadline is not None and self._wait_lock(fd, deadline)
+                locked = _flock.try_lock(fd) or (
+                    deadline is not None and _flock.wait_lock(fd, deadline)
                 )
             except BaseException:
                 os.close(fd)
@@ -441,57 +389,6 @@ class PIDFile(LockBase):  # type: ignore[misc]
                     pass
             raise
         return fd, created
-
-    @staticmethod
-    def _try_lock(fd: int) -> bool:
-        for _ in range(50):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                pass
-            # Held. By a daemon (an exclusive lock), or only for an instant
-            # by a status probe (a shared one)? Retry briefly in that case.
-            kinds = _flock_kinds(os.fstat(fd))
-            if kinds is None or "WRITE" in kinds:
-                return False
-            time.sleep(0.001)
-        return False
-
-    @staticmethod
-    def _wait_lock(fd: int, deadline: float) -> bool:
-        """Block on the lock until ``deadline``, in a helper thread.
-
-        ``flock`` has no timeout; a blocking call in a thread, abandoned at
-        the deadline, waits without polling. The thread works on its own
-        duplicate of the descriptor: if it gets the lock after we gave up, it
-        closes that duplicate, and with it the lock.
-        """
-        import threading
-
-        waiter_fd = os.dup(fd)
-        _WAITER_FDS.add(waiter_fd)
-        done = threading.Event()
-        guard = threading.Lock()
-        state = {"locked": False}
-
-        def wait() -> None:
-            try:
-                fcntl.flock(waiter_fd, fcntl.LOCK_EX)
-                locked = True
-            except OSError:
-                locked = False
-            with guard:
-                state["locked"] = locked
-                if waiter_fd in _WAITER_FDS:
-                    _WAITER_FDS.discard(waiter_fd)
-                    os.close(waiter_fd)
-            done.set()
-
-        threading.Thread(target=wait, name="daemonkit-pidfile-wait", daemon=True).start()
-        done.wait(max(0.0, deadline - time.monotonic()))
-        with guard:  # the thread's verdict, if it came before the deadline
-            return state["locked"]
 
     def _raise_held(self, timeout: float | None) -> NoReturn:
         pid = self.read_pid()

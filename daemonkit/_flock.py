@@ -1,0 +1,123 @@
+"""flock(2) helpers for the pidfile: try, wait with a deadline, and look.
+
+Looking at a lock must not disturb it: ``/proc/locks`` tells which locks are
+granted on an inode without taking any. Where it cannot be read, a shared
+lock is tried for an instant instead, and a starter that meets such a probe
+retries briefly rather than reporting "already running".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+
+_WAITER_FDS: set[int] = set()
+
+
+def close_waiters() -> None:
+    """In a forked child: drop the descriptors of lock waits in progress."""
+    for fd in list(_WAITER_FDS):
+        _WAITER_FDS.discard(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists (ours to signal or not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def flock_kinds(st: os.stat_result) -> set[str] | None:
+    """Kinds ("WRITE"/"READ") of flock locks granted on the file, None if unknown."""
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    kinds = set()
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == key:
+            kinds.add(parts[3])
+    return kinds
+
+
+def probe_locked(path: str) -> bool:
+    """True if someone holds an exclusive lock, asking the kernel directly."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        kinds = flock_kinds(os.fstat(fd))
+        if kinds:
+            return "WRITE" in kinds
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)  # also drops the probe's shared lock, if it got one
+
+
+def try_lock(fd: int) -> bool:
+    """Take the exclusive lock without waiting for a holder; False if held."""
+    for _ in range(50):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        # Held. By a daemon (an exclusive lock), or only for an instant
+        # by a status probe (a shared one)? Retry briefly in that case.
+        kinds = flock_kinds(os.fstat(fd))
+        if kinds is None or "WRITE" in kinds:
+            return False
+        time.sleep(0.001)
+    return False
+
+
+def wait_lock(fd: int, deadline: float) -> bool:
+    """Block on the lock until ``deadline``, in a helper thread.
+
+    ``flock`` has no timeout; a blocking call in a thread, abandoned at
+    the deadline, waits without polling. The thread works on its own
+    duplicate of the descriptor: if it gets the lock after we gave up, it
+    closes that duplicate, and with it the lock.
+    """
+    import threading
+
+    waiter_fd = os.dup(fd)
+    _WAITER_FDS.add(waiter_fd)
+    done = threading.Event()
+    guard = threading.Lock()
+    state = {"locked": False}
+
+    def wait() -> None:
+        try:
+            fcntl.flock(waiter_fd, fcntl.LOCK_EX)
+            locked = True
+        except OSError:
+            locked = False
+        with guard:
+            state["locked"] = locked
+            if waiter_fd in _WAITER_FDS:
+                _WAITER_FDS.discard(waiter_fd)
+                os.close(waiter_fd)
+        done.set()
+
+    threading.Thread(target=wait, name="daemonkit-pidfile-wait", daemon=True).start()
+    done.wait(max(0.0, deadline - time.monotonic()))
+    with guard:  # the thread's verdict, if it came before the deadline
+        return state["locked"]
