@@ -51,6 +51,7 @@ class Plan:
         self.signals: ResolvedMap = {}
         self.streams = StreamTargets()
         self.preserved: set[int] = set()
+        self.top_fd = 2
 
 
 def _check_directory(label: str, path: str, shown: str | None = None) -> None:
@@ -238,4 +239,5 @@ def build_plan(context: DaemonContext) -> Plan:
     plan.streams = resolve_streams(
         {"stdin": context.stdin, "stdout": context.stdout, "stderr": context.stderr}, plan.umask
     )
+    plan.top_fd = _posix.highest_open_fd()
     return plan

@@ -79,37 +79,41 @@ def signal_name(signum: int) -> str:
 # -- descriptors ------------------------------------------------------------
 
 
-def _highest_open_fd() -> int:
-    """The highest descriptor open in this process, -1 if it cannot be told."""
+def highest_open_fd() -> int:
+    """The highest descriptor open in this process (the soft limit's last if unknown)."""
     for folder in ("/proc/self/fd", "/dev/fd"):
         try:
             names = os.listdir(folder)
         except OSError:
             continue
-        return max((int(name) for name in names if name.isdigit()), default=-1)
-    return -1
+        return max((int(name) for name in names if name.isdigit()), default=2)
+    return max_open_files() - 1
 
 
-def close_fds_except(keep: Iterable[int], low: int = 3) -> None:
-    """Close every descriptor from ``low`` up, except those in ``keep``.
+# Descriptors another thread might open between highest_open_fd() in the
+# launcher and the fork are caught by closing this much further.
+_SLACK = 64
+
+
+def close_fds_except(keep: Iterable[int], top: int, low: int = 3) -> None:
+    """Close every descriptor from ``low`` up to ``top``, except those in ``keep``.
 
     The gaps between kept descriptors are closed with ``os.closerange``, which
     CPython implements with the ``close_range`` system call where it exists,
-    so the cost does not grow with ``ulimit -n``. Above the last kept
-    descriptor the range ends at the highest descriptor actually open, which
-    bounds the per-descriptor fallback of CPython builds without
+    so the cost does not grow with ``ulimit -n``. ``top`` is the highest
+    descriptor open (:func:`highest_open_fd`, taken in the launcher, where it
+    is cheap, not in the newly forked daemon), which also bounds the
+    one-``close()``-per-descriptor fallback of CPython builds without
     ``close_range`` by what is open rather than by the limit.
     """
-    top = _highest_open_fd()
-    if top < 0:
-        top = max_open_files() - 1
     start = low
     for fd in sorted({fd for fd in keep if fd >= low}):
         if fd > start:
             os.closerange(start, fd)
         start = fd + 1
-    if start <= top:
-        os.closerange(start, top + 1)
+    end = top + _SLACK + 1
+    if start < end:
+        os.closerange(start, end)
 
 
 def max_open_files() -> int:

@@ -16,6 +16,7 @@ the supplementary groups.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -152,8 +153,6 @@ class DaemonContext:
             raise
         self._is_open = True
         self._owner_pid = os.getpid()
-        import atexit
-
         atexit.register(self.close)
         if not self.wait_ready:
             readiness.ready()
@@ -199,7 +198,7 @@ class DaemonContext:
         channel = readiness.channel_fd()
         if channel is not None:
             keep.add(channel)
-        _posix.close_fds_except(keep)
+        _posix.close_fds_except(keep, max([plan.top_fd, *keep]))
         if plan.chroot_directory is not None:
             import traceback  # noqa: F401  (needed to report errors once inside)
 

@@ -15,6 +15,7 @@ pipe each message is framed by a 4-byte big-endian length.
 from __future__ import annotations
 
 import os
+import select
 import sys
 import time
 from typing import NoReturn
@@ -63,13 +64,20 @@ def channel_fd() -> int | None:
     return None
 
 
-def send(message: str) -> bool:
-    """Send one message to the waiting launcher; False if none is waiting."""
+def send(*messages: str) -> bool:
+    """Send messages to the waiting launcher in one write; False if none waits.
+
+    Every report names the daemon's pid (``MAINPID=``) in the same write, so
+    the launcher wakes once per report, not once more in the middle of the
+    daemon's setup.
+    """
     fd = channel_fd()
     if fd is None:
         return False
-    payload = message.encode("utf-8", "backslashreplace")[:_MAX_MESSAGE]
-    frame = len(payload).to_bytes(4, "big") + payload
+    frame = b""
+    for message in (f"MAINPID={os.getpid()}", *messages):
+        payload = message.encode("utf-8", "backslashreplace")[:_MAX_MESSAGE]
+        frame += len(payload).to_bytes(4, "big") + payload
     try:
         while frame:
             frame = frame[os.write(fd, frame) :]
@@ -135,10 +143,8 @@ class Outcome:
         self.statuses: list[str] = []
 
 
-def _read_messages(fd: int, deadline: float, outcome: Outcome) -> list[str] | None:
+def _read_messages(fd: int, deadline: float) -> list[str] | None:
     """Block until at least one message or EOF; None on timeout, [] on EOF."""
-    import select
-
     buffer = b""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -163,17 +169,33 @@ def _read_messages(fd: int, deadline: float, outcome: Outcome) -> list[str] | No
         buffer += chunk
 
 
+def _pid_from_middle(pid_fd: int) -> int | None:
+    """The daemon's pid, as the intermediate process wrote it before exiting."""
+    try:
+        os.set_blocking(pid_fd, False)
+        data = os.read(pid_fd, 32)
+    except OSError:
+        return None
+    return int(data) if data.isdigit() else None
+
+
 def wait_until_ready(
-    fd: int, middle_pid: int, timeout: float | None, show_status: bool = True
+    fd: int, middle_pid: int, pid_fd: int, timeout: float | None, show_status: bool = True
 ) -> Outcome:
-    """Wait for READY=1 on ``fd``; raise :class:`StartupError` otherwise."""
+    """Wait for READY=1 on ``fd``; raise :class:`StartupError` otherwise.
+
+    ``pid_fd`` carries the daemon's pid from the intermediate process; it is
+    read only when the daemon has not said it (a timeout, a silent death), so
+    waiting costs one wake-up.
+    """
     outcome = Outcome()
     limit = DEFAULT_READY_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + limit
     middle_status: int | None = None
     while True:
-        messages = _read_messages(fd, deadline, outcome)
+        messages = _read_messages(fd, deadline)
         if messages is None:
+            outcome.pid = outcome.pid or _pid_from_middle(pid_fd)
             _stop_silent_daemon(fd, outcome.pid)
             raise StartupError(
                 f"the daemon{_pid_text(outcome.pid)} was not ready within {limit:g} s "
@@ -183,6 +205,7 @@ def wait_until_ready(
         if not messages:  # end of file: every copy of the daemon's end is closed
             if middle_status is None:
                 middle_status = _posix.wait_child(middle_pid)
+            outcome.pid = outcome.pid or _pid_from_middle(pid_fd)
             if middle_status and outcome.pid is None:
                 raise StartupError(
                     "detaching failed: the intermediate process "
@@ -233,7 +256,6 @@ def _stop_silent_daemon(fd: int, pid: int | None) -> None:
     """
     if pid is None:
         return
-    import select
     import signal
 
     try:
@@ -286,16 +308,19 @@ def detach(ready_timeout: float | None) -> None:
     terminal.
     """
     read_fd, write_fd = _pipe_above_stdio()
+    pid_read, pid_write = _pipe_above_stdio()
     try:
         first = _posix.fork("first fork")
     except BaseException:
-        os.close(read_fd)
-        os.close(write_fd)
+        for fd in (read_fd, write_fd, pid_read, pid_write):
+            os.close(fd)
         raise
     if first > 0:
         os.close(write_fd)
-        finish_launcher(read_fd, first, ready_timeout)
+        os.close(pid_write)
+        finish_launcher(read_fd, first, pid_read, ready_timeout)
     os.close(read_fd)
+    os.close(pid_read)
     try:
         _posix.new_session()
         second = _posix.fork("second fork")
@@ -304,15 +329,20 @@ def detach(ready_timeout: float | None) -> None:
         report_failure(exc)
         _posix.exit_now(1)
     if second > 0:
-        _posix.exit_now(0)
+        try:
+            os.write(pid_write, str(second).encode())
+        finally:
+            _posix.exit_now(0)
+    os.close(pid_write)
     _adopt(write_fd)
-    send(f"MAINPID={os.getpid()}")
 
 
-def finish_launcher(read_fd: int, middle_pid: int, ready_timeout: float | None) -> NoReturn:
+def finish_launcher(
+    read_fd: int, middle_pid: int, pid_fd: int, ready_timeout: float | None
+) -> NoReturn:
     """In the launcher: wait for the daemon, then exit with its verdict."""
     try:
-        wait_until_ready(read_fd, middle_pid, ready_timeout)
+        wait_until_ready(read_fd, middle_pid, pid_fd, ready_timeout)
     except StartupError as exc:
         _say(f"daemonkit: {exc}")
         _posix.exit_now(1)
