@@ -200,7 +200,11 @@ class DaemonContext:
             keep.add(channel)
         _posix.close_fds_except(keep, max([plan.top_fd, *keep]))
         if plan.chroot_directory is not None:
-            import traceback  # noqa: F401  (needed to report errors once inside)
+            # What reporting an error needs, imported while the library is in
+            # reach (Python 3.13's traceback imports tokenize lazily).
+            import linecache  # noqa: F401
+            import tokenize  # noqa: F401
+            import traceback  # noqa: F401
 
             _posix.change_root(plan.chroot_directory)
         if plan.prevent_core:

@@ -123,9 +123,12 @@ def report_failure(exc: BaseException, context: str = "") -> None:
     """Send the exception (type, message, traceback) to the launcher and hang up."""
     if channel_fd() is None:
         return
-    import traceback
+    try:
+        import traceback
 
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # e.g. a module it needs is out of reach after chroot
+        text = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}\n"
     if context:
         text = f"{context}\n{text}"
     send(_ERROR_KEY + text)

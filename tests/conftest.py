@@ -26,6 +26,14 @@ sys.path.insert(0, {str(TESTS_DIR)!r})
 import facts
 import daemonkit
 REPORT = sys.argv[1]
+
+
+def linger(seconds=30.0):
+    # Short sleeps: a signal that lands just before one long sleep starts
+    # would only be handled when it ends.
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
 """
 
 

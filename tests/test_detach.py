@@ -53,7 +53,7 @@ facts.report(REPORT + ".launcher")
 kwargs = eval(sys.argv[2]) if len(sys.argv) > 2 else {}
 with daemonkit.DaemonContext(**kwargs):
     facts.report(REPORT)
-    time.sleep(30)
+    linger()
 """
 
 
@@ -178,7 +178,7 @@ def test_inherited_descriptors_are_closed(daemons: Daemons) -> None:
     facts.report(REPORT + ".launcher", extra=extra)
     with daemonkit.DaemonContext():
         facts.report(REPORT)
-        time.sleep(30)
+        linger()
     """
     launch, report = daemons.launch(body)
     data = daemon_facts(daemons, launch, report)
@@ -224,7 +224,7 @@ def test_files_preserve_keeps_descriptors(daemons: Daemons, tmp_path: Path) -> N
         connection, _ = listener.accept()
         connection.sendall(b"socket works")
         connection.close()
-        time.sleep(30)
+        linger()
     """
     launch, report = daemons.launch(body)
     data = daemon_facts(daemons, launch, report)
@@ -265,7 +265,7 @@ def test_files_preserve_at_high_descriptor_numbers(daemons: Daemons) -> None:
     with daemonkit.DaemonContext(files_preserve=[5000]):
         os.write(5000, b"written through 5000\\n")
         facts.report(REPORT)
-        time.sleep(30)
+        linger()
     """
     launch, report = daemons.launch(body)
     data = daemon_facts(daemons, launch, report)

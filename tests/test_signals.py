@@ -160,7 +160,7 @@ def test_default_dispositions(daemons: Daemons) -> None:
         facts.report(REPORT + ".launcher")
         with daemonkit.DaemonContext():
             facts.report(REPORT)
-            time.sleep(30)
+            linger()
         """
     )
     data = daemon_facts(daemons, launch, report)

@@ -8,7 +8,7 @@ def test_daemon_detaches_and_reports(daemons: Daemons) -> None:
         """
         with daemonkit.DaemonContext(working_directory="/"):
             facts.report(REPORT)
-            time.sleep(30)
+            linger()
         """
     )
     assert launch.returncode == 0, launch.stderr

@@ -47,7 +47,7 @@ def test_default_streams_are_dev_null(daemons: Daemons, tmp_path: Path) -> None:
             """
             with daemonkit.DaemonContext():
                 facts.report(REPORT)
-                time.sleep(30)
+                linger()
             """,
             stdin=stdin,
         )
@@ -66,7 +66,7 @@ for fd in closed:
     os.close(fd)
 with daemonkit.DaemonContext():
     facts.report(REPORT)
-    time.sleep(30)
+    linger()
 """
 
 
@@ -95,7 +95,7 @@ def test_file_objects_are_used(daemons: Daemons, tmp_path: Path) -> None:
             os.write(1, b"fd 1\\n")
             os.write(2, b"fd 2\\n")
             facts.report(REPORT, line=line)
-            time.sleep(30)
+            linger()
         """
     )
     data = daemon_facts(daemons, launch, report)
@@ -127,7 +127,7 @@ def test_paths_are_opened_for_append(daemons: Daemons, tmp_path: Path, kind: str
             print("new out", flush=True)
             print("new err", file=sys.stderr, flush=True)
             facts.report(REPORT)
-            time.sleep(30)
+            linger()
         """
     )
     data = daemon_facts(daemons, launch, report)
@@ -173,7 +173,7 @@ def test_created_stream_file_mode(
         with daemonkit.DaemonContext(stdout={str(out)!r}, stderr={str(out)!r}{kwargs}):
             print("created", flush=True)
             facts.report(REPORT)
-            time.sleep(30)
+            linger()
         """
     )
     data = daemon_facts(daemons, launch, report)
@@ -199,7 +199,7 @@ def test_stdout_and_stderr_to_the_same_file(daemons: Daemons, tmp_path: Path, sa
             os.write(1, b"fd 1\\n")
             os.write(2, b"fd 2\\n")
             facts.report(REPORT)
-            time.sleep(30)
+            linger()
         """
     )
     data = daemon_facts(daemons, launch, report)
@@ -233,7 +233,7 @@ def test_cross_redirection_does_not_clobber(
             os.write(1, b"daemon fd 1\\n")
             os.write(2, b"daemon fd 2\\n")
             facts.report(REPORT)
-            time.sleep(30)
+            linger()
         """
     )
     data = daemon_facts(daemons, launch, report)
@@ -305,7 +305,7 @@ def test_stdin_path_is_opened_read_only(daemons: Daemons, tmp_path: Path) -> Non
         f"""
         with daemonkit.DaemonContext(stdin={str(source)!r}):
             facts.report(REPORT, read=sys.stdin.read())
-            time.sleep(30)
+            linger()
         """
     )
     data = daemon_facts(daemons, launch, report)
