@@ -26,14 +26,18 @@ def close_waiters() -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """True if a process ``pid`` exists (ours to signal or not)."""
+    """True if a process ``pid`` exists and is not a zombie awaiting its reaper."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[:1] != [b"Z"]
+    except OSError:
+        return True  # no /proc: trust kill()
 
 
 def flock_kinds(st: os.stat_result) -> set[str] | None:

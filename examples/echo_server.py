@@ -6,6 +6,7 @@ exits non-zero if it could not start (for example, the port is taken)::
 
     python examples/echo_server.py --port 8007 --pidfile /tmp/echo.pid --log /tmp/echo.log
     nc 127.0.0.1 8007              # or any TCP client: type lines, see them echoed
+    python -c "import daemonkit.pidfile as p; print(p.status('/tmp/echo.pid'))"
     kill "$(cat /tmp/echo.pid)"    # SIGTERM: a clean exit; the pidfile is removed
 
 ``examples/run_example.sh`` does all of this and checks the results.
@@ -18,10 +19,12 @@ paths). SIGTERM is handled by the default signal map: it raises
 ``SystemExit(0)`` in the daemon, so the ``finally`` block closes the socket
 and removes the pidfile.
 
-The pidfile is written by the daemon itself, after the socket is bound and
-before ``ready()``: a start that fails (port taken) never touches the pidfile
-of the instance that is already running. It is a plain pidfile without a
-lock; daemonkit's own locked ``PIDFile`` will replace it.
+The pidfile is daemonkit's ``PIDFile``: its lock is taken by the launcher
+before anything else happens, so a second start says "already running as pid
+N" at once (and, as LSB asks of a start that finds the service running,
+exits 0), and the lock is held by the daemon for its whole life, so a pidfile
+left by a crash or ``kill -9`` is recognised as stale and simply taken over by
+the next start.
 """
 
 from __future__ import annotations
@@ -54,25 +57,6 @@ def log(message: str) -> None:
     """One timestamped line on stdout, which is the log file in the daemon."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"{stamp} echo_server[{os.getpid()}]: {message}", flush=True)
-
-
-def write_pidfile(path: str) -> None:
-    """Write ``"<pid>\\n"`` to ``path`` atomically (a reader never sees half a pid)."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as pidfile:
-        pidfile.write(f"{os.getpid()}\n")
-    os.replace(temporary, path)
-
-
-def remove_pidfile(path: str) -> None:
-    """Remove ``path`` if it still names this process."""
-    try:
-        with open(path) as pidfile:
-            if pidfile.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -110,12 +94,19 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     context = daemonkit.DaemonContext(
+        pidfile=daemonkit.PIDFile(args.pidfile),
         working_directory="/",
         stdout=args.log,
         stderr=args.log,
         wait_ready=True,
         ready_timeout=max(10.0, args.delay + 10.0),
     )
+    try:
+        context.open()
+    except daemonkit.AlreadyRunningError as exc:
+        # Decided in the launcher, before any fork: nothing was started.
+        print(f"echo_server: already running: {exc}", file=sys.stderr)
+        return 0
     # From here on we are the daemon; the launcher is waiting for ready().
     with context:
         if args.delay:
@@ -125,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         # it and exits non-zero.
         server = EchoServer((args.host, args.port), EchoHandler)
         try:
-            write_pidfile(args.pidfile)
             where = f"{args.host}:{server.socket.getsockname()[1]}"
             log(f"listening on {where}")
             daemonkit.ready(f"listening on {where}")
@@ -136,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         finally:
             server.server_close()
-            remove_pidfile(args.pidfile)
-            log("stopped")
+            log("stopped")  # leaving the with block removes the pidfile
     return 0
 
 

@@ -5,8 +5,10 @@
 #   1. the launcher returns only once the daemon is ready (listening);
 #   2. the daemon answers; it is detached (parent is init or a subreaper, not
 #      the launcher), not a session leader, and has no controlling terminal;
-#   3. a start that fails (port already taken) makes the launcher exit
-#      non-zero and print the daemon's own error;
+#   3. a second start is refused at once ("already running as pid N"), a
+#      start that fails (port already taken) makes the launcher exit
+#      non-zero and print the daemon's own error, and after a crash
+#      (kill -9) the pidfile is stale and the next start takes it over;
 #   4. SIGTERM, sent to the pid from the pidfile, stops it cleanly.
 #
 # Exits 0 if everything is as expected, 1 otherwise. Processes are stopped by
@@ -207,10 +209,22 @@ else
     bad "it has a controlling terminal (tty_nr $tty_nr)"
 fi
 
-# --- 4. a failing start -------------------------------------------------------
-step "4. a failing start: the same daemon on port $port, which the first one holds"
+# --- 4. a second start, and a failing start ---------------------------------------
+step "4a. a second start with the same pidfile, while the first daemon runs"
 status=0
 "$PYTHON" "$server" --port "$port" --pidfile "$pidfile" --log "$logfile" \
+    </dev/null 2>"$workdir/again.err" || status=$?
+say "   launcher exited with status $status; its stderr:"
+indent <"$workdir/again.err"
+if [[ $status -eq 0 ]] && grep -q "already running as pid $daemon_pid" "$workdir/again.err"; then
+    ok "refused before any fork: 'already running as pid $daemon_pid' (exit 0, as LSB asks)"
+else
+    bad "a second start was not refused with the running daemon's pid"
+fi
+
+step "4b. a failing start: the same daemon, another pidfile, on port $port which the first one holds"
+status=0
+"$PYTHON" "$server" --port "$port" --pidfile "$workdir/other.pid" --log "$logfile" \
     </dev/null 2>"$workdir/fail.err" || status=$?
 say "   launcher exited with status $status; its stderr:"
 indent <"$workdir/fail.err"
@@ -238,6 +252,40 @@ else
     bad "the failed start disturbed the running daemon or its pidfile"
 fi
 
+# --- 4c. a crash -------------------------------------------------------------------
+step "4c. a crash: kill -9 the daemon; its pidfile stays, unlocked, and the next start takes it over"
+pidfile_status() {
+    "$PYTHON" -c 'import sys, daemonkit.pidfile as p; s = p.status(sys.argv[1]); print(s.state, s.pid or "")' "$1"
+}
+say "   status before: $(pidfile_status "$pidfile")"
+kill -KILL "$daemon_pid"
+wait_gone "$daemon_pid" 5 || die "pid $daemon_pid survived SIGKILL"
+daemon_pid=""
+after_crash=$(pidfile_status "$pidfile")
+say "   status after kill -9: $after_crash"
+if [[ $after_crash == stale* ]]; then
+    ok "the leftover pidfile is reported stale (its lock died with the daemon)"
+else
+    bad "the leftover pidfile is not reported stale: $after_crash"
+fi
+status=0
+"$PYTHON" "$server" --port "$port" --pidfile "$pidfile" --log "$logfile" \
+    </dev/null 2>"$workdir/restart.err" || status=$?
+if [[ $status -eq 0 ]]; then
+    daemon_pid=$(<"$pidfile")
+    daemon_started=$(stat_field "$daemon_pid" 22)
+    ok "a new start succeeded without any cleanup: pid $daemon_pid ($(pidfile_status "$pidfile"))"
+else
+    indent <"$workdir/restart.err"
+    die "the start after a crash failed"
+fi
+reply=$(query "$port" "back again") || reply=""
+if [[ $reply == "back again" ]]; then
+    ok "the new daemon answers"
+else
+    bad "the new daemon does not answer"
+fi
+
 # --- 5. stop ------------------------------------------------------------------
 step "5. stop: SIGTERM to pid $daemon_pid (read from the pidfile), then wait until it is gone"
 pid_now=$(<"$pidfile")
@@ -253,7 +301,7 @@ else
     bad "pid $pid_now still runs 10 s after SIGTERM"
 fi
 if [[ ! -e $pidfile ]]; then
-    ok "the daemon removed its pidfile on the way out (a clean exit)"
+    ok "the daemon removed its pidfile on the way out (a clean exit): $(pidfile_status "$pidfile")"
 else
     bad "the pidfile is still there"
 fi
