@@ -107,21 +107,17 @@ class Daemons:
     def report_path(self) -> Path:
         return self.tmp_path / f"report_{self.count}.json"
 
-    def launch(
+    def run(
         self,
-        body: str,
+        command: list[str],
         *,
         timeout: float = 30.0,
         stdin: Any = subprocess.DEVNULL,
         env: dict[str, str] | None = None,
-        args: list[str] | None = None,
         preexec_fn: Any = None,
         pass_fds: tuple[int, ...] = (),
-    ) -> tuple[Launch, Path]:
-        """Run a daemon script as a launcher process; return how it ended."""
-        script = self.script(body)
-        report = self.report_path()
-        command = [sys.executable, str(script), str(report), *(args or [])]
+    ) -> Launch:
+        """Run ``command`` (tracked for cleanup) to its end; return how it ended."""
         began = time.monotonic()
         proc = subprocess.Popen(
             command,
@@ -140,8 +136,33 @@ class Daemons:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-            pytest.fail(f"launcher did not exit within {timeout} s; stderr: {err}")
-        return Launch(proc.returncode, out, err, time.monotonic() - began), report
+            pytest.fail(f"{command[0]} did not exit within {timeout} s; stderr: {err}")
+        return Launch(proc.returncode, out, err, time.monotonic() - began)
+
+    def launch(
+        self,
+        body: str,
+        *,
+        timeout: float = 30.0,
+        stdin: Any = subprocess.DEVNULL,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        preexec_fn: Any = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> tuple[Launch, Path]:
+        """Run a daemon script as a launcher process; return how it ended."""
+        script = self.script(body)
+        report = self.report_path()
+        command = [sys.executable, str(script), str(report), *(args or [])]
+        launch = self.run(
+            command,
+            timeout=timeout,
+            stdin=stdin,
+            env=env,
+            preexec_fn=preexec_fn,
+            pass_fds=pass_fds,
+        )
+        return launch, report
 
     def read_report(self, path: Path, timeout: float = 10.0) -> dict[str, Any]:
         """Wait for the daemon's report file and track the daemon's pid."""
@@ -181,6 +202,16 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
         yield tracker
     finally:
         tracker.kill_all()
+
+
+def daemon_facts(daemons: Daemons, launch: Launch, report: Path) -> dict[str, Any]:
+    """The daemon's report (its pid is tracked for cleanup), or a clear failure."""
+    try:
+        return daemons.read_report(report)
+    except pytest.fail.Exception:
+        pytest.fail(
+            f"no daemon report; the launcher exited {launch.returncode}, stderr: {launch.stderr!r}"
+        )
 
 
 def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemons, Launch, is_alive, stop
+from conftest import Daemons, daemon_facts, is_alive, stop
 
 import daemonkit
 
@@ -28,16 +28,6 @@ def launcher_facts(report: Path) -> dict[str, Any]:
     """What the launching script recorded about itself before ``open()``."""
     data: dict[str, Any] = json.loads(Path(f"{report}.launcher").read_text())
     return data
-
-
-def daemon_facts(daemons: Daemons, launch: Launch, report: Path) -> dict[str, Any]:
-    """The daemon's report (its pid is tracked for cleanup), or a clear failure."""
-    try:
-        return daemons.read_report(report)
-    except pytest.fail.Exception:
-        pytest.fail(
-            f"no daemon report; the launcher exited {launch.returncode}, stderr: {launch.stderr!r}"
-        )
 
 
 def parent_of(pid: int) -> int:

@@ -51,23 +51,7 @@ with daemonkit.DaemonContext(files_preserve=logging.root.handlers, **kwargs):
 
 def run(daemons: Daemons, command: list[str], *, stdin: Any = subprocess.DEVNULL) -> Launch:
     """Run ``command`` (tracked for cleanup) to its end."""
-    began = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=daemons.tmp_path,
-        text=True,
-    )
-    daemons.track(proc.pid)
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"{command[0]} did not exit within 30 s; stderr: {err}")
-    return Launch(proc.returncode, out, err, time.monotonic() - began)
+    return daemons.run(command, stdin=stdin)
 
 
 def prepare(daemons: Daemons) -> tuple[list[str], Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemons, Launch, is_alive, stop
+from conftest import Daemons, daemon_facts, is_alive, stop
 
 SUBREAPER = """\
 import ctypes, json, os, subprocess, sys
@@ -90,16 +90,6 @@ class Supervised:
         assert self.proc.returncode == 0, self.stderr.read_text()
         data: dict[str, int] = json.loads(self.result.read_text())
         return data
-
-
-def daemon_facts(daemons: Daemons, launch: Launch, report: Path) -> dict[str, Any]:
-    """The daemon's report (its pid is tracked for cleanup), or a clear failure."""
-    try:
-        return daemons.read_report(report)
-    except pytest.fail.Exception:
-        pytest.fail(
-            f"no daemon report; the launcher exited {launch.returncode}, stderr: {launch.stderr!r}"
-        )
 
 
 def kernel_dispositions(pid: int) -> tuple[set[int], set[int]]:

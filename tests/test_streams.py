@@ -11,22 +11,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import Daemons, Launch, wait_gone
+from conftest import Daemons, daemon_facts, wait_gone
 
 STDIO = ("0", "1", "2")
-
-
-def daemon_facts(daemons: Daemons, launch: Launch, report: Path) -> dict[str, Any]:
-    """The daemon's report (its pid is tracked for cleanup), or a clear failure."""
-    try:
-        return daemons.read_report(report)
-    except pytest.fail.Exception:
-        pytest.fail(
-            f"no daemon report; the launcher exited {launch.returncode}, stderr: {launch.stderr!r}"
-        )
 
 
 def open_flags(pid: int, fd: int) -> int:
