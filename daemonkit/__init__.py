@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DaemonContext": "context",
     "ready": "readiness",
+    "notify": "notify",
     "DaemonError": "errors",
     "ConfigurationError": "errors",
     "DirectoryError": "errors",
@@ -52,10 +53,12 @@ __all__ = [
     "UnknownGroupError",
     "UnknownUserError",
     "__version__",
+    "notify",
     "ready",
 ]
 
 if TYPE_CHECKING:
+    from . import notify
     from .context import DaemonContext
     from .errors import (
         AlreadyRunningError,
@@ -82,7 +85,10 @@ def __getattr__(name: str) -> object:
     if module_name is None:
         raise AttributeError(f"module 'daemonkit' has no attribute {name!r}")
     __import__(f"daemonkit.{module_name}")
-    value = getattr(sys.modules[f"daemonkit.{module_name}"], name)
+    module = sys.modules[f"daemonkit.{module_name}"]
+    if name == module_name:  # a public submodule (daemonkit.notify)
+        return module
+    value = getattr(module, name)
     try:
         value.__module__ = "daemonkit"
     except (AttributeError, TypeError):

@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from . import _posix
+from ._activation import activated_fd_numbers
 from .errors import (
     ConfigurationError,
     DirectoryError,
@@ -51,6 +52,7 @@ class Plan:
         self.signals: ResolvedMap = {}
         self.streams = StreamTargets()
         self.preserved: set[int] = set()
+        self.activated: list[int] = []
         self.top_fd = 2
 
 
@@ -233,7 +235,8 @@ def build_plan(context: DaemonContext) -> Plan:
     plan.prevent_core = bool(context.prevent_core)
     plan.owner = resolve_owner(context.uid, context.gid, bool(context.initgroups))
     plan.signals = resolve_signal_map(context.signal_map, context)
-    plan.preserved = preserved_descriptors(context.files_preserve)
+    plan.activated = activated_fd_numbers()  # socket activation: kept open
+    plan.preserved = preserved_descriptors(context.files_preserve) | set(plan.activated)
     if plan.detach:
         _warn_if_threaded()
     plan.streams = resolve_streams(

@@ -24,6 +24,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _posix, readiness
+from ._activation import hand_over as hand_over_activation
 from ._plan import Plan, build_plan
 from .signals import default_signal_map, install_signal_map
 from .streams import redirect_standard_streams
@@ -187,6 +188,8 @@ class DaemonContext:
 
     def _enter(self, plan: Plan, lock: PIDFile | None) -> None:
         """The daemon's side of the sequence, in the order that is safe."""
+        if plan.detach:
+            hand_over_activation(plan.activated)  # $LISTEN_PID now names the daemon
         if lock is not None:
             # Before chroot and the privilege drop; the descriptor stays open
             # so the file can be removed or emptied at exit all the same.

@@ -106,10 +106,21 @@ def pending() -> bool:
 def ready(status: str | None = None) -> None:
     """Tell whoever waits that the daemon is ready to serve.
 
-    The launching process (if it is still waiting) exits 0. Without a waiting
-    launcher this is a cheap no-op. ``status`` is a one-line description
-    shown with the readiness report.
+    A waiting daemonkit launcher exits 0; a systemd service manager
+    (``$NOTIFY_SOCKET``, ``Type=notify``) gets ``READY=1``. With nobody
+    waiting this is a cheap no-op. ``status`` is a one-line description sent
+    along (``STATUS=``).
     """
+    if os.environ.get("NOTIFY_SOCKET"):
+        from .notify import notify
+
+        notify("READY=1", *([f"STATUS={status.replace(chr(10), ' ')}"] if status else []))
+        return
+    ready_launcher(status)
+
+
+def ready_launcher(status: str | None = None) -> None:
+    """Release the waiting launcher (if any): ``READY=1`` on the channel."""
     if channel_fd() is None:
         return
     message = "READY=1"
