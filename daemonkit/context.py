@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import _posix, readiness
+from . import _detach, _posix, readiness
 from ._activation import hand_over as hand_over_activation
 from ._plan import Plan, build_plan
 from .signals import default_signal_map, install_signal_map
@@ -138,7 +138,7 @@ class DaemonContext:
             if plan.detach:
                 if lock is not None:
                     lock._handing_down = True
-                readiness.detach(self.ready_timeout)
+                _detach.detach(self.ready_timeout)
                 if lock is not None:
                     lock._adopt()
         except BaseException:

@@ -18,7 +18,6 @@ import os
 import select
 import sys
 import time
-from typing import NoReturn
 
 from . import _posix
 from .errors import StartupError
@@ -26,6 +25,7 @@ from .errors import StartupError
 DEFAULT_READY_TIMEOUT = 90.0  # seconds; systemd's default TimeoutStartSec
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a daemon that timed out
 _ERROR_KEY = "X_DAEMONKIT_ERROR="
+EXIT_KEY = "X_DAEMONKIT_EXIT="  # the intermediate process: the daemon's wait status
 _MAX_MESSAGE = 1 << 20
 
 
@@ -48,7 +48,7 @@ def _forget_in_child() -> None:
         _DaemonSide.fd = None
 
 
-def _adopt(fd: int) -> None:
+def adopt(fd: int) -> None:
     """Make ``fd`` this process's channel; children forked later drop it."""
     _DaemonSide.fd = fd
     _DaemonSide.owner = os.getpid()
@@ -64,6 +64,21 @@ def channel_fd() -> int | None:
     return None
 
 
+def frames(*messages: str) -> bytes:
+    """Messages framed for the channel: a 4-byte big-endian length each."""
+    data = b""
+    for message in messages:
+        payload = message.encode("utf-8", "backslashreplace")[:_MAX_MESSAGE]
+        data += len(payload).to_bytes(4, "big") + payload
+    return data
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (a pipe may take it in parts)."""
+    while data:
+        data = data[os.write(fd, data) :]
+
+
 def send(*messages: str) -> bool:
     """Send messages to the waiting launcher in one write; False if none waits.
 
@@ -74,13 +89,8 @@ def send(*messages: str) -> bool:
     fd = channel_fd()
     if fd is None:
         return False
-    frame = b""
-    for message in (f"MAINPID={os.getpid()}", *messages):
-        payload = message.encode("utf-8", "backslashreplace")[:_MAX_MESSAGE]
-        frame += len(payload).to_bytes(4, "big") + payload
     try:
-        while frame:
-            frame = frame[os.write(fd, frame) :]
+        write_all(fd, frames(f"MAINPID={os.getpid()}", *messages))
     except OSError:  # the launcher is gone (e.g. killed): nobody to tell
         close_channel()
         return False
@@ -200,12 +210,13 @@ def wait_until_ready(
 
     ``pid_fd`` carries the daemon's pid from the intermediate process; it is
     read only when the daemon has not said it (a timeout, a silent death), so
-    waiting costs one wake-up.
+    waiting costs one wake-up. The intermediate process stays the daemon's
+    parent until the launcher exits, so it can report how a daemon that dies
+    before it is ready ended (``X_DAEMONKIT_EXIT=``).
     """
     outcome = Outcome()
     limit = DEFAULT_READY_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + limit
-    middle_status: int | None = None
     while True:
         messages = _read_messages(fd, deadline)
         if messages is None:
@@ -217,8 +228,7 @@ def wait_until_ready(
                 pid=outcome.pid,
             )
         if not messages:  # end of file: every copy of the daemon's end is closed
-            if middle_status is None:
-                middle_status = _posix.wait_child(middle_pid)
+            middle_status = _posix.wait_child(middle_pid)
             outcome.pid = outcome.pid or _pid_from_middle(pid_fd)
             if middle_status and outcome.pid is None:
                 raise StartupError(
@@ -230,6 +240,13 @@ def wait_until_ready(
                 pid=outcome.pid,
             )
         for message in messages:
+            if message.startswith(EXIT_KEY):
+                outcome.pid = outcome.pid or _pid_from_middle(pid_fd)
+                how = _posix.describe_wait_status(int(message[len(EXIT_KEY) :]))
+                raise StartupError(
+                    f"the daemon{_pid_text(outcome.pid)} {how} before it was ready",
+                    pid=outcome.pid,
+                )
             if message.startswith(_ERROR_KEY):
                 raise StartupError(
                     f"the daemon{_pid_text(outcome.pid)} failed before it was ready:",
@@ -242,18 +259,16 @@ def wait_until_ready(
             if "STATUS" in fields:
                 outcome.statuses.append(fields["STATUS"])
                 if show_status and fields.get("READY") != "1":
-                    _say(f"daemonkit: {fields['STATUS']}")
+                    say(f"daemonkit: {fields['STATUS']}")
             if fields.get("READY") == "1":
-                if middle_status is None:
-                    _posix.wait_child(middle_pid)
-                return outcome
+                return outcome  # the intermediate process leaves when we do
 
 
 def _pid_text(pid: int | None) -> str:
     return f" (pid {pid})" if pid else ""
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
     try:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
@@ -292,75 +307,3 @@ def _stop_silent_daemon(fd: int, pid: int | None) -> None:
                 return
     finally:
         os.close(pidfd)
-
-
-# -- the double fork -------------------------------------------------------------
-
-
-def _pipe_above_stdio() -> tuple[int, int]:
-    """A close-on-exec pipe whose ends are not among fds 0-2.
-
-    A launcher started with standard streams closed would otherwise get the
-    channel there, and redirecting the daemon's streams would cut it.
-    """
-    ends = []
-    for fd in os.pipe():
-        raised = _posix.above_stdio(fd)
-        if raised != fd:
-            os.close(fd)
-        ends.append(raised)
-    return ends[0], ends[1]
-
-
-def detach(ready_timeout: float | None) -> None:
-    """Fork twice with a new session between; return only in the daemon.
-
-    The launching process waits for the daemon's readiness and then leaves
-    with ``os._exit``: status 0 when ready, 1 (after printing the daemon's
-    error on stderr) when not. The intermediate process exits at once, so the
-    daemon is not a session leader and can never acquire a controlling
-    terminal.
-    """
-    read_fd, write_fd = _pipe_above_stdio()
-    pid_read, pid_write = _pipe_above_stdio()
-    try:
-        first = _posix.fork("first fork")
-    except BaseException:
-        for fd in (read_fd, write_fd, pid_read, pid_write):
-            os.close(fd)
-        raise
-    if first > 0:
-        os.close(write_fd)
-        os.close(pid_write)
-        finish_launcher(read_fd, first, pid_read, ready_timeout)
-    os.close(read_fd)
-    os.close(pid_read)
-    try:
-        _posix.new_session()
-        second = _posix.fork("second fork")
-    except BaseException as exc:
-        _adopt(write_fd)
-        report_failure(exc)
-        _posix.exit_now(1)
-    if second > 0:
-        try:
-            os.write(pid_write, str(second).encode())
-        finally:
-            _posix.exit_now(0)
-    os.close(pid_write)
-    _adopt(write_fd)
-
-
-def finish_launcher(
-    read_fd: int, middle_pid: int, pid_fd: int, ready_timeout: float | None
-) -> NoReturn:
-    """In the launcher: wait for the daemon, then exit with its verdict."""
-    try:
-        wait_until_ready(read_fd, middle_pid, pid_fd, ready_timeout)
-    except StartupError as exc:
-        _say(f"daemonkit: {exc}")
-        _posix.exit_now(1)
-    except BaseException as exc:  # e.g. KeyboardInterrupt while waiting
-        _say(f"daemonkit: stopped waiting for the daemon: {exc!r}")
-        _posix.exit_now(1)
-    _posix.exit_now(0)

@@ -152,7 +152,8 @@ with daemonkit.DaemonContext(wait_ready=True):
     )
     assert launch.returncode == 1
     assert launch.elapsed < 10
-    assert "exited before it was ready" in launch.stderr
+    how = "exited with status 3" if death == "os_exit" else "was killed by signal SIGKILL"
+    assert f"{how} before it was ready" in launch.stderr
     data = daemons.read_report(report)
     assert daemon_pid_from(launch.stderr) == data["pid"]
     assert wait_gone(data["pid"], 5.0)
@@ -324,7 +325,7 @@ with daemonkit.DaemonContext(wait_ready=True):
     )
     assert launch.returncode == 1
     assert launch.elapsed < 10  # neither the child's 30 s nor the 90 s timeout
-    assert "exited before it was ready" in launch.stderr
+    assert "exited with status 3 before it was ready" in launch.stderr
     data = daemons.read_report(report)
     daemons.track(data["child"])
     assert is_alive(data["child"])

@@ -81,15 +81,22 @@ class Supervised:
             if launcher.exists():  # written before open(): the launcher's own pid
                 self.daemons.track(json.loads(launcher.read_text())["pid"])
 
-    def statuses(self, timeout: float = 10.0) -> dict[str, int]:
-        """Exit statuses: ``launcher`` and each reaped daemon pid, once all are gone."""
+    def statuses(self, daemon_pid: int, timeout: float = 10.0) -> dict[str, int]:
+        """Exit statuses of the launcher and the daemon, once all are gone.
+
+        The intermediate process of the double fork, reaped here too once the
+        launcher has left, must have exited 0; it is left out of the result.
+        """
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pytest.fail("the subreaper did not finish: some descendant is still running")
         assert self.proc.returncode == 0, self.stderr.read_text()
         data: dict[str, int] = json.loads(self.result.read_text())
-        return data
+        ours = {"launcher", str(daemon_pid)}
+        others = {pid: status for pid, status in data.items() if pid not in ours}
+        assert len(others) <= 1 and set(others.values()) <= {0}, data
+        return {pid: status for pid, status in data.items() if pid in ours}
 
 
 def kernel_dispositions(pid: int) -> tuple[set[int], set[int]]:
@@ -180,7 +187,7 @@ def test_sigterm_runs_finally_blocks_and_exits_zero(daemons: Daemons, tmp_path: 
     assert data["signals"]["SIGTERM"] == "terminate"
     assert not Path(f"{report}.finally").exists()
     assert stop(data["pid"], signal.SIGTERM)
-    statuses = run.statuses()
+    statuses = run.statuses(data["pid"])
 
     assert Path(f"{report}.exit").read_text() == "0"
     assert Path(f"{report}.finally").read_text() == "ran"
@@ -226,7 +233,7 @@ def test_custom_signal_map(daemons: Daemons, tmp_path: Path, hup_key: str) -> No
 
     # "terminate" on SIGINT: a clean exit through finally, status 0.
     assert stop(pid, signal.SIGINT)
-    statuses = run.statuses()
+    statuses = run.statuses(pid)
     assert Path(f"{report}.exit").read_text() == "0"
     assert Path(f"{report}.finally").read_text() == "ran"
     assert statuses == {"launcher": 0, str(pid): 0}
@@ -244,7 +251,7 @@ def test_sig_dfl_value_restores_the_default_action(daemons: Daemons, tmp_path: P
     ignored, caught = kernel_dispositions(pid)
     assert signal.SIGUSR2 not in ignored | caught
     assert stop(pid, signal.SIGUSR2)
-    statuses = run.statuses()
+    statuses = run.statuses(pid)
     assert statuses == {"launcher": 0, str(pid): -signal.SIGUSR2}
     assert not Path(f"{run.report}.finally").exists()
 

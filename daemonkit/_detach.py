@@ -1,0 +1,109 @@
+"""The double fork: launcher, intermediate session leader, daemon.
+
+The launching process forks; the child starts a new session and forks
+again; the grandchild is the daemon, which is not a session leader and so can
+never acquire a controlling terminal. Unlike the classic recipe, neither
+parent leaves at once:
+
+- the launcher waits for the daemon's readiness on the channel
+  (:mod:`daemonkit.readiness`) and exits 0, or prints why not and exits 1;
+- the intermediate process stays the daemon's parent until the launcher is
+  gone (it learns that from a pipe whose only writer is the launcher), so
+  that if the daemon dies before it is ready, its exit status or signal is
+  known and reported. Then it exits and the daemon is adopted by init.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from typing import NoReturn
+
+from . import _posix, readiness
+from .errors import StartupError
+
+
+def _pipe_above_stdio() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are not among fds 0-2.
+
+    A launcher started with standard streams closed would otherwise get the
+    channel there, and redirecting the daemon's streams would cut it.
+    """
+    ends = []
+    for fd in os.pipe():
+        raised = _posix.above_stdio(fd)
+        if raised != fd:
+            os.close(fd)
+        ends.append(raised)
+    return ends[0], ends[1]
+
+
+def detach(ready_timeout: float | None) -> None:
+    """Fork twice with a new session between; return only in the daemon."""
+    pipes = [_pipe_above_stdio() for _ in range(3)]
+    (channel_read, channel_write), (pid_read, pid_write), (hold_read, hold_write) = pipes
+    try:
+        first = _posix.fork("first fork")
+    except BaseException:
+        for pair in pipes:
+            for fd in pair:
+                os.close(fd)
+        raise
+    if first > 0:
+        for fd in (channel_write, pid_write, hold_read):
+            os.close(fd)
+        # hold_write stays open until this process exits.
+        finish_launcher(channel_read, first, pid_read, ready_timeout)
+    for fd in (channel_read, pid_read, hold_write):
+        os.close(fd)
+    try:
+        _posix.new_session()
+        second = _posix.fork("second fork")
+    except BaseException as exc:
+        readiness.adopt(channel_write)
+        readiness.report_failure(exc)
+        _posix.exit_now(1)
+    if second > 0:
+        _stay_until_launcher_leaves(second, pid_write, hold_read, channel_write)
+    os.close(pid_write)
+    os.close(hold_read)
+    readiness.adopt(channel_write)
+
+
+def _stay_until_launcher_leaves(daemon: int, pid_write: int, hold: int, channel: int) -> NoReturn:
+    """The intermediate process: tell the daemon's pid, watch it, then leave.
+
+    Sleeps in one poll until the launcher is gone (end of file on ``hold``)
+    or the daemon has exited, whose wait status then goes to the launcher.
+    """
+    try:
+        os.write(pid_write, str(daemon).encode())
+        os.close(pid_write)
+        pidfd = os.pidfd_open(daemon)
+    except OSError:  # no pidfds (Linux < 5.3): leave at once, as the classic recipe
+        _posix.exit_now(0)
+    poller = select.poll()
+    poller.register(hold, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    if any(fd == pidfd for fd, _ in poller.poll()):
+        status = _posix.wait_child(daemon)
+        try:
+            readiness.write_all(channel, readiness.frames(f"{readiness.EXIT_KEY}{status}"))
+        except OSError:
+            pass  # the launcher left meanwhile
+    _posix.exit_now(0)
+
+
+def finish_launcher(
+    read_fd: int, middle_pid: int, pid_fd: int, ready_timeout: float | None
+) -> NoReturn:
+    """In the launcher: wait for the daemon, then exit with its verdict."""
+    try:
+        readiness.wait_until_ready(read_fd, middle_pid, pid_fd, ready_timeout)
+    except StartupError as exc:
+        readiness.say(f"daemonkit: {exc}")
+        _posix.exit_now(1)
+    except BaseException as exc:  # e.g. KeyboardInterrupt while waiting
+        readiness.say(f"daemonkit: stopped waiting for the daemon: {exc!r}")
+        _posix.exit_now(1)
+    _posix.exit_now(0)
