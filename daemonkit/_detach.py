@@ -99,7 +99,9 @@ def finish_launcher(
 ) -> NoReturn:
     """In the launcher: wait for the daemon, then exit with its verdict."""
     try:
-        readiness.wait_until_ready(read_fd, middle_pid, pid_fd, ready_timeout)
+        readiness.wait_until_ready(
+            readiness.PipeReceiver(read_fd), middle_pid, pid_fd, ready_timeout
+        )
     except StartupError as exc:
         readiness.say(f"daemonkit: {exc}")
         _posix.exit_now(1)

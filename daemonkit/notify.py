@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from ._activation import activated_fd_numbers, listen_fd_names
 from .errors import ConfigurationError, DaemonOSEnvironmentError
 
 __all__ = [
+    "NotifyError",
+    "NotifySocketReceiver",
     "Watchdog",
     "extend_timeout",
     "listen_fd_names",
@@ -155,6 +158,68 @@ def store_fds(fds: Sequence[int], name: str | None = None) -> bool:
     """``FDSTORE=1``: keep ``fds`` in the service manager across restarts."""
     extra = [f"FDNAME={name}"] if name else []
     return notify("FDSTORE=1", *extra, fds=fds)
+
+
+# -- the listening side ------------------------------------------------------------
+
+
+class NotifySocketReceiver:
+    """The service manager's side of sd_notify, for a launcher.
+
+    Binds an abstract ``AF_UNIX`` datagram socket; put :attr:`address` in a
+    program's ``$NOTIFY_SOCKET`` and :meth:`receive` returns what it sends.
+    It fits :func:`daemonkit.readiness.wait_until_ready`, so a launcher can
+    wait for any program that speaks sd_notify, not only Python ones.
+    ``senders`` records the pid of each message's sender (``SO_PASSCRED``).
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        name = f"daemonkit/notify/{os.getpid()}/{os.urandom(6).hex()}"
+        self._sock.bind(b"\0" + name.encode())
+        self.address = "@" + name
+        self.senders: list[int] = []
+
+    def environment(self) -> dict[str, str]:
+        """The variables to give the program: ``{"NOTIFY_SOCKET": address}``."""
+        return {"NOTIFY_SOCKET": self.address}
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def receive(self, deadline: float) -> list[str] | None:
+        """The next message(s); None when ``deadline`` (monotonic) passes."""
+        import select
+
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        creds_size = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not poller.poll(remaining * 1000):
+                continue
+            data, ancillary, _, _ = self._sock.recvmsg(
+                65536, creds_size + socket.CMSG_SPACE(253 * 4)
+            )
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    self.senders.append(int.from_bytes(payload[:4], sys.byteorder))
+                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    for index in range(0, len(payload) - len(payload) % 4, 4):
+                        os.close(int.from_bytes(payload[index : index + 4], sys.byteorder))
+            return [data.decode("utf-8", "replace")]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> NotifySocketReceiver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 # -- watchdog ---------------------------------------------------------------------

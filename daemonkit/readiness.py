@@ -18,6 +18,7 @@ import os
 import select
 import sys
 import time
+from typing import Protocol
 
 from . import _posix
 from .errors import StartupError
@@ -167,30 +168,52 @@ class Outcome:
         self.statuses: list[str] = []
 
 
-def _read_messages(fd: int, deadline: float) -> list[str] | None:
-    """Block until at least one message or EOF; None on timeout, [] on EOF."""
-    buffer = b""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    messages: list[str] = []
-    while True:
-        while len(buffer) >= 4:
-            size = int.from_bytes(buffer[:4], "big")
-            if len(buffer) < 4 + size:
-                break
-            messages.append(buffer[4 : 4 + size].decode("utf-8", "replace"))
-            buffer = buffer[4 + size :]
-        if messages and not buffer:
-            return messages
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        if not poller.poll(remaining * 1000):
-            continue
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return messages
-        buffer += chunk
+class PipeReceiver:
+    """The launcher's end of the channel: framed messages from a pipe.
+
+    Any object with ``fileno()`` and ``receive(deadline)`` can stand in for
+    it in :func:`wait_until_ready`; :class:`daemonkit.notify.NotifySocketReceiver`
+    does, for programs that speak sd_notify on their own.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def receive(self, deadline: float) -> list[str] | None:
+        """Block until at least one message or EOF; None on timeout, [] on EOF."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        messages: list[str] = []
+        while True:
+            while len(self._buffer) >= 4:
+                size = int.from_bytes(self._buffer[:4], "big")
+                if len(self._buffer) < 4 + size:
+                    break
+                messages.append(self._buffer[4 : 4 + size].decode("utf-8", "replace"))
+                self._buffer = self._buffer[4 + size :]
+            if messages:
+                return messages
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not poller.poll(remaining * 1000):
+                continue
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return messages
+            self._buffer += chunk
+
+
+class Receiver(Protocol):
+    """Where the launcher reads the daemon's sd_notify-style messages from."""
+
+    def fileno(self) -> int: ...
+
+    def receive(self, deadline: float) -> list[str] | None: ...
 
 
 def _pid_from_middle(pid_fd: int) -> int | None:
@@ -204,9 +227,13 @@ def _pid_from_middle(pid_fd: int) -> int | None:
 
 
 def wait_until_ready(
-    fd: int, middle_pid: int, pid_fd: int, timeout: float | None, show_status: bool = True
+    receiver: Receiver,
+    middle_pid: int,
+    pid_fd: int,
+    timeout: float | None,
+    show_status: bool = True,
 ) -> Outcome:
-    """Wait for READY=1 on ``fd``; raise :class:`StartupError` otherwise.
+    """Wait for READY=1 from ``receiver``; raise :class:`StartupError` otherwise.
 
     ``pid_fd`` carries the daemon's pid from the intermediate process; it is
     read only when the daemon has not said it (a timeout, a silent death), so
@@ -218,10 +245,10 @@ def wait_until_ready(
     limit = DEFAULT_READY_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + limit
     while True:
-        messages = _read_messages(fd, deadline)
+        messages = receiver.receive(deadline)
         if messages is None:
             outcome.pid = outcome.pid or _pid_from_middle(pid_fd)
-            _stop_silent_daemon(fd, outcome.pid)
+            _stop_silent_daemon(receiver.fileno(), outcome.pid)
             raise StartupError(
                 f"the daemon{_pid_text(outcome.pid)} was not ready within {limit:g} s "
                 "and was stopped; raise ready_timeout if it needs longer",
