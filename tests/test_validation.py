@@ -61,11 +61,14 @@ def children():
 launcher = subprocess.Popen(command)
 launcher_status = os.waitpid(launcher.pid, 0)[1]
 launcher.returncode = 0  # reaped above; keep subprocess from trying again
-# Orphans are reparented to us before the launcher's exit is reported.
-leftover = children()
+# Orphans are reparented to us before the launcher's exit is reported; a
+# daemon's intermediate process leaves only then, so its child (the daemon)
+# arrives a moment later: keep looking for the whole linger.
+seen = set(children())
 statuses = {}
 deadline = time.monotonic() + linger
 while True:
+    seen.update(children())
     try:
         pid, status = os.waitpid(-1, os.WNOHANG)
     except ChildProcessError:
@@ -81,6 +84,7 @@ for _ in range(100):
     remaining = children()
     if not remaining:
         break
+    seen.update(remaining)
     for pid in remaining:  # our own children: their pids cannot be reused yet
         try:
             os.kill(pid, signal.SIGKILL)
@@ -88,6 +92,7 @@ for _ in range(100):
             pass
         statuses[str(pid)] = os.waitpid(pid, 0)[1]
         killed.append(pid)
+leftover = sorted(seen)
 with open(result_path, "w") as out:
     json.dump(
         {
