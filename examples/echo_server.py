@@ -11,6 +11,12 @@ exits non-zero if it could not start (for example, the port is taken)::
 
 ``examples/run_example.sh`` does all of this and checks the results.
 
+Under systemd (``examples/systemd/``) the same program needs no change: its
+parent is the service manager, so daemonkit does not fork, ``ready()`` sends
+``READY=1`` to ``$NOTIFY_SOCKET`` (``Type=notify``), and with a socket unit
+it serves the socket systemd passes (socket activation) instead of binding
+its own.
+
 How it uses daemonkit: the socket is bound *inside* the ``with`` block, in the
 daemon, and ``daemonkit.ready()`` is called once it listens
 (``wait_ready=True``), so the launcher's exit status tells whether the server
@@ -36,6 +42,7 @@ import sys
 import time
 
 import daemonkit
+import daemonkit.notify
 
 
 class EchoHandler(socketserver.StreamRequestHandler):
@@ -63,14 +70,26 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="A TCP echo server that runs as a daemon (started with daemonkit)."
     )
-    parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="TCP port to listen on (not needed when systemd passes the socket)",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
+    parser.add_argument("--pidfile", help="pidfile (daemonkit's locked PIDFile); optional")
     parser.add_argument(
-        "--pidfile", required=True, help="file the daemon writes its process id into"
+        "--log",
+        help="file for the daemon's stdout and stderr (default: /dev/null); '-' keeps "
+        "the ones it was given, which a systemd service wants: they go to the journal",
     )
-    parser.add_argument("--log", required=True, help="file for the daemon's stdout and stderr")
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="always detach (for a Type=forking unit; by default daemonkit decides: "
+        "not under a service manager, yes from a shell)",
+    )
     parser.add_argument(
         "--delay",
         type=float,
@@ -79,25 +98,43 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="simulate a slow start: wait this long before binding the socket (default: 0)",
     )
     args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
+    if args.port is not None and not 0 <= args.port <= 65535:
         parser.error(f"--port must be from 0 to 65535, not {args.port}")
     if args.delay < 0:
         parser.error("--delay must not be negative")
     # The daemon changes its working directory to "/": resolve paths now.
-    args.pidfile = os.path.abspath(args.pidfile)
-    args.log = os.path.abspath(args.log)
-    if not os.path.isdir(os.path.dirname(args.pidfile)):
-        parser.error(f"--pidfile: directory {os.path.dirname(args.pidfile)!r} does not exist")
+    if args.pidfile is not None:
+        args.pidfile = os.path.abspath(args.pidfile)
+        if not os.path.isdir(os.path.dirname(args.pidfile)):
+            parser.error(f"--pidfile: directory {os.path.dirname(args.pidfile)!r} does not exist")
+    if args.log not in (None, "-"):
+        args.log = os.path.abspath(args.log)
     return args
+
+
+def make_server(args: argparse.Namespace) -> EchoServer:
+    """The server, on the socket systemd passed (socket activation) or a new one."""
+    activated = daemonkit.notify.listen_fds()
+    if activated:
+        server = EchoServer(activated[0].getsockname()[:2], EchoHandler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = activated[0]
+        return server
+    if args.port is None:
+        raise SystemExit("echo_server: give --port, or start it from a systemd socket unit")
+    return EchoServer((args.host, args.port), EchoHandler)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
+    stream = (sys.stdout, sys.stderr) if args.log == "-" else (args.log, args.log)
+
     context = daemonkit.DaemonContext(
-        pidfile=daemonkit.PIDFile(args.pidfile),
+        pidfile=daemonkit.PIDFile(args.pidfile) if args.pidfile else None,
         working_directory="/",
-        stdout=args.log,
-        stderr=args.log,
+        detach_process=True if args.detach else None,
+        stdout=stream[0],
+        stderr=stream[1],
         wait_ready=True,
         ready_timeout=max(10.0, args.delay + 10.0),
     )
@@ -107,18 +144,19 @@ def main(argv: list[str] | None = None) -> int:
         # Decided in the launcher, before any fork: nothing was started.
         print(f"echo_server: already running: {exc}", file=sys.stderr)
         return 0
-    # From here on we are the daemon; the launcher is waiting for ready().
+    # From here on we are the daemon (or, under systemd, the service itself);
+    # whoever started us is waiting for ready().
     with context:
         if args.delay:
             time.sleep(args.delay)
         # An error here (port taken, bad address) escapes the with block before
         # ready(): daemonkit sends its traceback to the launcher, which prints
         # it and exits non-zero.
-        server = EchoServer((args.host, args.port), EchoHandler)
+        server = make_server(args)
         try:
-            where = f"{args.host}:{server.socket.getsockname()[1]}"
-            log(f"listening on {where}")
-            daemonkit.ready(f"listening on {where}")
+            host, port = server.socket.getsockname()[:2]
+            log(f"listening on {host}:{port}")
+            daemonkit.ready(f"listening on {host}:{port}")  # launcher or systemd
             server.serve_forever()
         except SystemExit:
             # SIGTERM arrives as SystemExit(0), raised by the default signal map.
