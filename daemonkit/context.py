@@ -231,7 +231,8 @@ class DaemonContext:
         if not self._is_open:
             return
         self._is_open = False
-        readiness.close_channel()
+        if readiness.pending():  # wait_ready=True, and ready() never came
+            readiness.report_text("the daemon left its DaemonContext without calling ready()")
         if os.getpid() != self._owner_pid:
             return
         if self.pidfile is not None:

@@ -141,6 +141,12 @@ def ready_launcher(status: str | None = None) -> None:
     close_channel()
 
 
+def report_text(text: str) -> None:
+    """Tell the waiting launcher why the daemon will not be ready, and hang up."""
+    send(_ERROR_KEY + text)
+    close_channel()
+
+
 def report_failure(exc: BaseException, context: str = "") -> None:
     """Send the exception (type, message, traceback) to the launcher and hang up."""
     if channel_fd() is None:
@@ -151,10 +157,7 @@ def report_failure(exc: BaseException, context: str = "") -> None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     except Exception:  # e.g. a module it needs is out of reach after chroot
         text = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}\n"
-    if context:
-        text = f"{context}\n{text}"
-    send(_ERROR_KEY + text)
-    close_channel()
+    report_text(f"{context}\n{text}" if context else text)
 
 
 # -- the launcher's side -------------------------------------------------------

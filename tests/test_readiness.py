@@ -330,3 +330,19 @@ with daemonkit.DaemonContext(wait_ready=True):
     daemons.track(data["child"])
     assert is_alive(data["child"])
     assert stop(data["child"])
+
+
+def test_leaving_the_context_without_ready_fails_at_once(daemons: Daemons) -> None:
+    """wait_ready=True and a body that ends without ready(): reported, not a timeout."""
+    launch, report = daemons.launch(
+        """
+with daemonkit.DaemonContext(wait_ready=True):
+    facts.report(REPORT)
+for _ in range(600): time.sleep(0.05)  # still running, outside the context
+"""
+    )
+    assert launch.returncode == 1
+    assert launch.elapsed < 10  # not the 90 s ready timeout
+    assert "left its DaemonContext without calling ready()" in launch.stderr
+    data = daemons.read_report(report)
+    assert stop(data["pid"])
