@@ -56,23 +56,53 @@ def flock_kinds(st: os.stat_result) -> set[str] | None:
     return kinds
 
 
+def lock_held(fd: int) -> bool:
+    """True if some process holds an exclusive lock on ``fd``'s file.
+
+    ``/proc/locks`` answers without touching the lock; where it shows
+    nothing (unreadable, or filtered by PID namespace) a shared lock is
+    tried on ``fd`` for an instant.
+    """
+    kinds = flock_kinds(os.fstat(fd))
+    if kinds:
+        return "WRITE" in kinds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
 def probe_locked(path: str) -> bool:
-    """True if someone holds an exclusive lock, asking the kernel directly."""
+    """True if someone holds an exclusive lock on the file at ``path``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return False
     try:
-        kinds = flock_kinds(os.fstat(fd))
-        if kinds:
-            return "WRITE" in kinds
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        return False
+        return lock_held(fd)
     finally:
-        os.close(fd)  # also drops the probe's shared lock, if it got one
+        os.close(fd)
+
+
+def holds_open(pid: int, st: os.stat_result) -> bool | None:
+    """Whether process ``pid`` has the file ``st`` open; None if we may not look."""
+    folder = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    for name in names:
+        try:
+            target = os.stat(f"{folder}/{name}")
+        except OSError:
+            continue
+        if (target.st_dev, target.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 def try_lock(fd: int) -> bool:

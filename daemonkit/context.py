@@ -149,6 +149,8 @@ class DaemonContext:
         except BaseException as exc:
             if readiness.pending():
                 readiness.report_failure(exc)
+                if lock is not None and lock._holding():
+                    lock.release()  # a failed start leaves no pidfile behind
                 _posix.exit_now(1)
             self._undo_launch(plan, lock)
             raise

@@ -64,14 +64,25 @@ def _ensure_fork_hook() -> None:
         _hook_registered = True
 
 
+def _parse_pid(data: bytes) -> int | None:
+    """The pid on the first line of a pidfile's content, None if there is none."""
+    try:
+        pid = int(data.split(b"\n", 1)[0].strip())
+    except ValueError:
+        return None
+    return pid if pid > 0 else None
+
+
 class PIDStatus:
     """What a pidfile says, judged by its lock.
 
     ``state`` is one of ``ABSENT`` (no file), ``STALE`` (no lock: left by a
     crash, or emptied), ``STARTING`` (locked, pid not yet written),
-    ``RUNNING`` (locked: ``pid`` is the live holder) or ``UNVERIFIED`` (no
+    ``RUNNING`` (locked: ``pid`` is the live holder), ``UNVERIFIED`` (no
     lock but the pid is alive: a pidfile written by another tool, or a pid
-    the kernel reused; never signal it on this evidence).
+    the kernel reused; never signal it on this evidence) or ``UNKNOWN`` (the
+    path cannot be judged: not a regular file, no permission; ``reason``
+    says why).
     """
 
     ABSENT = "absent"
@@ -79,11 +90,13 @@ class PIDStatus:
     STARTING = "starting"
     RUNNING = "running"
     UNVERIFIED = "unverified"
+    UNKNOWN = "unknown"
 
-    def __init__(self, path: str, state: str, pid: int | None) -> None:
+    def __init__(self, path: str, state: str, pid: int | None, reason: str = "") -> None:
         self.path = path
         self.state = state
         self.pid = pid
+        self.reason = reason
 
     @property
     def running(self) -> bool:
@@ -133,10 +146,31 @@ class PIDFile(LockBase):  # type: ignore[misc]
 
     # -- lockfile protocol --------------------------------------------------
 
-    def acquire(self, timeout: float | None = None) -> None:
-        """Take the lock and write this process's pid into the file."""
+    def acquire(self, timeout: float | None = None, *args: Any, **kwargs: Any) -> None:
+        """Take the lock and write this process's pid into the file.
+
+        If the pid cannot be written (a full disk), the lock is given up and
+        a file this call created is removed again before the error is raised.
+        """
         self.lock(self.acquire_timeout if timeout is None else timeout)
-        self.write_pid()
+        try:
+            self.write_pid()
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Give up a lock this process took but never used: remove what we made."""
+        if not self._holding():
+            return
+        fd = self._fd
+        assert fd is not None
+        if self._created and self._same_file(fd):
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        self._forget()
 
     def release(self) -> None:
         """Remove (or, without the right to, empty) the file and drop the lock."""
@@ -146,14 +180,17 @@ class PIDFile(LockBase):  # type: ignore[misc]
             raise NotLocked(f"{self.path} is not locked")
         fd = self._fd
         assert fd is not None
+        try:
+            # Through the descriptor first: it works after chroot or a
+            # privilege drop, and a reader never sees our pid unlocked.
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
         if self._same_file(fd):
             try:
                 os.unlink(self.path)
             except OSError:
-                try:
-                    os.ftruncate(fd, 0)
-                except OSError:
-                    pass
+                pass  # no right to remove it: the empty, unlocked file is stale
         self._forget()
 
     def is_locked(self) -> bool:
@@ -189,16 +226,11 @@ class PIDFile(LockBase):  # type: ignore[misc]
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
-            first = os.read(fd, 64).split(b"\n", 1)[0].strip()
+            return _parse_pid(os.read(fd, 64))
         except OSError:
             return None
         finally:
             os.close(fd)
-        try:
-            pid = int(first)
-        except ValueError:
-            return None
-        return pid if pid > 0 else None
 
     def __enter__(self) -> PIDFile:
         self.acquire()
@@ -213,21 +245,42 @@ class PIDFile(LockBase):  # type: ignore[misc]
     # -- beyond the protocol ------------------------------------------------
 
     def holder(self) -> PIDStatus:
-        """Who holds the pidfile: see :class:`PIDStatus`."""
+        """Who holds the pidfile: see :class:`PIDStatus`.
+
+        Everything is judged on one open descriptor: lock, content, lock
+        again, and that the file is still the one at ``path``. A pid is
+        reported running only if that process really has the file open
+        (where we may look), so the previous owner's pid, still in a file a
+        new start has just locked, is never taken for the holder.
+        """
         if self.i_am_locking():
             pid = self.read_pid()
             return PIDStatus(self.path, PIDStatus.RUNNING if pid else PIDStatus.STARTING, pid)
         try:
-            os.lstat(self.path)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return PIDStatus(self.path, PIDStatus.ABSENT, None)
-        except OSError:
-            pass
-        pid = self.read_pid()
-        if _flock.probe_locked(self.path):
-            if pid is None:
-                return PIDStatus(self.path, PIDStatus.STARTING, None)
-            return PIDStatus(self.path, PIDStatus.RUNNING, pid)
+        except OSError as exc:
+            return PIDStatus(self.path, PIDStatus.UNKNOWN, None, f"cannot open: {exc.strerror}")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return PIDStatus(self.path, PIDStatus.UNKNOWN, None, "not a regular file")
+            locked = _flock.lock_held(fd)
+            pid = _parse_pid(os.pread(fd, 64, 0))
+            locked = locked and _flock.lock_held(fd) and self._same_file(fd)
+        except OSError as exc:
+            return PIDStatus(self.path, PIDStatus.UNKNOWN, None, exc.strerror or str(exc))
+        finally:
+            os.close(fd)
+        if locked:
+            if (
+                pid is not None
+                and _flock.pid_alive(pid)
+                and _flock.holds_open(pid, st) is not False
+            ):
+                return PIDStatus(self.path, PIDStatus.RUNNING, pid)
+            return PIDStatus(self.path, PIDStatus.STARTING, None)
         if pid is not None and _flock.pid_alive(pid):
             return PIDStatus(self.path, PIDStatus.UNVERIFIED, pid)
         return PIDStatus(self.path, PIDStatus.STALE, pid)
@@ -330,17 +383,15 @@ class PIDFile(LockBase):  # type: ignore[misc]
             errno.ELOOP: "it is a symbolic link, which is refused; remove it",
             errno.EISDIR: "it is a directory; give a file path",
         }.get(exc.errno or 0, "choose another path")
-        return errors.PIDFileError(f"pidfile {self.path}: {action} it: {exc.strerror} ({advice})")
+        what = action if action.endswith(":") else f"{action} it:"
+        return errors.PIDFileError(f"pidfile {self.path}: {what} {exc.strerror} ({advice})")
 
     def _check_directory(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             st = os.stat(directory)
         except OSError as exc:
-            raise errors.PIDFileError(
-                f"pidfile {self.path}: its directory {directory} is unusable: {exc.strerror}"
-                " (create it first)"
-            ) from exc
+            raise self._error(f"its directory {directory} is unusable:", exc) from exc
         if not stat.S_ISDIR(st.st_mode):
             raise errors.PIDFileError(f"pidfile {self.path}: {directory} is not a directory")
         if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
