@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ __all__ = [
     "Watchdog",
     "extend_timeout",
     "listen_fd_names",
+    "listen_fd_numbers",
     "listen_fds",
     "listen_fds_with_names",
     "notify",
@@ -111,11 +113,12 @@ def notify(
     items = _field_lines(lines, fields)
     if not items:
         return False
-    told = _tell_launcher(items)
+    told = False
     address = notify_socket_address()
-    if address is not None:
+    if address is not None:  # first: if it fails, the launcher must not hear READY
         _send_to_manager(address, "\n".join(items).encode() + b"\n", fds)
         told = True
+    told = _tell_launcher(items) or told
     if unset_environment:
         os.environ.pop("NOTIFY_SOCKET", None)
     return told
@@ -261,6 +264,7 @@ class Watchdog:
     def start(self) -> Watchdog:
         """Start pinging (nothing happens if no watchdog was requested)."""
         if self.interval and self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(
                 target=self._run, name="daemonkit-watchdog", daemon=True
             )
@@ -322,16 +326,6 @@ def _claim(unset_environment: bool) -> list[int]:
     return fds
 
 
-def _as_socket(fd: int) -> socket.socket:
-    try:
-        return socket.socket(fileno=fd)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"activated descriptor {fd} is not a socket (a FIFO or file from the socket "
-            "unit?); use listen_fd_numbers() for those"
-        ) from exc
-
-
 def listen_fd_numbers(unset_environment: bool = True) -> list[int]:
     """The activated descriptors (3, 4, ...) as ints, marked close-on-exec."""
     return _claim(unset_environment)
@@ -344,7 +338,18 @@ def listen_fds(unset_environment: bool = True) -> list[socket.socket]:
     names another process). The variables are removed by default so that
     children do not believe they were activated too.
     """
-    return [_as_socket(fd) for fd in _claim(unset_environment)]
+    fds = activated_fd_numbers()
+    for fd in fds:  # all checked before any is wrapped: a failure changes nothing
+        try:
+            is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+        except OSError:
+            is_socket = False
+        if not is_socket:
+            raise ConfigurationError(
+                f"activated descriptor {fd} is not a socket (a FIFO or file from the "
+                "socket unit?); use listen_fd_numbers() for those"
+            )
+    return [socket.socket(fileno=fd) for fd in _claim(unset_environment)]
 
 
 def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[str, socket.socket]]:
