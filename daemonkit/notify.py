@@ -56,13 +56,25 @@ class NotifyError(DaemonOSEnvironmentError):
 
 
 def notify_socket_address() -> str | bytes | None:
-    """The address in ``$NOTIFY_SOCKET`` (abstract ones as bytes), or None."""
+    """The address in ``$NOTIFY_SOCKET`` (abstract ones as bytes), or None if unset.
+
+    Raises :class:`NotifyError` for a form this client does not speak (a
+    relative path, systemd's ``vsock:``), rather than dropping the message.
+    """
     value = os.environ.get("NOTIFY_SOCKET", "")
+    if not value:
+        return None
     if value.startswith("@"):
         return b"\0" + value[1:].encode()
     if value.startswith("/"):
         return value
-    return None
+    import errno
+
+    raise NotifyError(
+        errno.EAFNOSUPPORT,
+        f"NOTIFY_SOCKET={value!r}: only absolute AF_UNIX paths and @abstract names "
+        "are supported",
+    )
 
 
 def _field_lines(lines: Sequence[str], fields: dict[str, Any]) -> list[str]:
@@ -260,6 +272,7 @@ class Watchdog:
         self.interval = watchdog_interval() if interval is None else interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: NotifyError | None = None  # the last ping's failure, if any
 
     def start(self) -> Watchdog:
         """Start pinging (nothing happens if no watchdog was requested)."""
@@ -281,7 +294,11 @@ class Watchdog:
     def _run(self) -> None:
         assert self.interval
         while True:
-            watchdog_ping()
+            try:
+                watchdog_ping()
+                self.error = None
+            except NotifyError as exc:  # keep trying: the manager may come back
+                self.error = exc
             if self._stop.wait(self.interval / 2):
                 return
 
@@ -336,7 +353,10 @@ def listen_fds(unset_environment: bool = True) -> list[socket.socket]:
 
     Empty when this process was not socket-activated (or ``$LISTEN_PID``
     names another process). The variables are removed by default so that
-    children do not believe they were activated too.
+    children do not believe they were activated too. Call it inside the
+    ``DaemonContext`` (which keeps activated descriptors open by itself), or
+    pass sockets taken before it in ``files_preserve``. Each call makes new
+    socket objects for the same descriptors: call it once.
     """
     fds = activated_fd_numbers()
     for fd in fds:  # all checked before any is wrapped: a failure changes nothing

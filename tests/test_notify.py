@@ -843,3 +843,13 @@ def test_watchdog_loop_without_an_interval_returns(daemons: Daemons, manager: Fa
     )
     assert result == {"returned": True}
     assert manager.pending() == []
+
+
+@pytest.mark.parametrize("value", ["vsock:2:1234", "relative/notify.sock"])
+def test_unsupported_notify_socket_forms_are_an_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """A NOTIFY_SOCKET this client cannot speak to is reported, not silently dropped."""
+    monkeypatch.setenv("NOTIFY_SOCKET", value)
+    with pytest.raises(daemonkit.notify.NotifyError, match="only absolute AF_UNIX paths"):
+        daemonkit.notify.notify("READY=1")
