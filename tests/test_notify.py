@@ -850,6 +850,8 @@ def test_unsupported_notify_socket_forms_are_an_error(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     """A NOTIFY_SOCKET this client cannot speak to is reported, not silently dropped."""
+    from daemonkit.notify import NotifyError, notify
+
     monkeypatch.setenv("NOTIFY_SOCKET", value)
-    with pytest.raises(daemonkit.notify.NotifyError, match="only absolute AF_UNIX paths"):
-        daemonkit.notify.notify("READY=1")
+    with pytest.raises(NotifyError, match="only absolute AF_UNIX paths"):
+        notify("READY=1")
