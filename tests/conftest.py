@@ -75,6 +75,17 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
         os.close(pidfd)
 
 
+def read_json(path: Path, timeout: float = 10.0) -> dict[str, Any]:
+    """Wait for a JSON file (without tracking any pid it names)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no report at {path} within {timeout} s")
+        time.sleep(0.01)
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 @dataclass
 class Launch:
     """How a launcher process ended."""
@@ -166,12 +177,7 @@ class Daemons:
 
     def read_report(self, path: Path, timeout: float = 10.0) -> dict[str, Any]:
         """Wait for the daemon's report file and track the daemon's pid."""
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            if time.monotonic() > deadline:
-                pytest.fail(f"no report at {path} within {timeout} s")
-            time.sleep(0.01)
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = read_json(path, timeout)
         self.track(data["pid"])
         return data
 

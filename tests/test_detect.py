@@ -10,18 +10,16 @@ daemonkit logs at debug level is checked as well.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemons, Launch
+from conftest import Daemons, Launch, read_json
 
 # argv: REPORT, DaemonContext keywords (a Python expression)[, pid of a parent
 # that exits at once, to wait for before doing anything].
@@ -59,17 +57,6 @@ def prepare(daemons: Daemons) -> tuple[list[str], Path]:
     script = daemons.script(DETECT_BODY)
     report = daemons.report_path()
     return [sys.executable, str(script), str(report)], report
-
-
-def read_json(path: Path, timeout: float = 10.0) -> dict[str, Any]:
-    """Wait for a JSON file (without tracking any pid it names)."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            pytest.fail(f"no report at {path} within {timeout} s")
-        time.sleep(0.01)
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 def outcome(daemons: Daemons, launch: Launch, report: Path) -> tuple[dict[str, Any], ...]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemons, Launch, is_alive, stop
+from conftest import Daemons, Launch, is_alive, read_json, stop
 
 # Variables a service manager may have put into the test runner's own
 # environment: never let them leak into the children under test.
@@ -548,17 +548,6 @@ with daemonkit.DaemonContext(**kwargs):
     if os.getpid() != launcher_pid:
         linger(30)  # a detached daemon serves until it is stopped
 """
-
-
-def read_json(path: Path, timeout: float = 10.0) -> dict[str, Any]:
-    """Wait for a JSON file (without tracking any pid it names)."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            pytest.fail(f"no report at {path} within {timeout} s")
-        time.sleep(0.01)
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 def service(daemons: Daemons) -> tuple[list[str], Path]:
