@@ -220,6 +220,20 @@ def daemon_facts(daemons: Daemons, launch: Launch, report: Path) -> dict[str, An
         )
 
 
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory any user may write (tmp_path's parents are root-only)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="daemonkit-test-"))
+    folder.chmod(0o777)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
     """Signal ``pid`` and wait for it to be gone."""
     try:

@@ -21,9 +21,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +53,6 @@ regain = {
 facts.report(OUT, initial=initial, regain=regain)
 for _ in range(600): time.sleep(0.05)
 """
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory any user may write (tmp_path's parents are root-only)."""
-    folder = Path(tempfile.mkdtemp(prefix="daemonkit-test-"))
-    folder.chmod(0o777)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def user_with_supplementary_groups() -> pwd.struct_passwd:

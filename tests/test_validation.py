@@ -23,7 +23,6 @@ import pwd
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,20 +286,6 @@ def area(tmp_path: Path) -> Path:
     (folder / "a_file").write_text("not a directory\n")
     (folder / "jail").mkdir()
     return folder
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory any user may write (tmp_path's parents are root-only)."""
-    import shutil
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="daemonkit-test-"))
-    folder.chmod(0o777)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def listing(folder: Path) -> list[str]:
