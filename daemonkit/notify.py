@@ -72,8 +72,7 @@ def notify_socket_address() -> str | bytes | None:
 
     raise NotifyError(
         errno.EAFNOSUPPORT,
-        f"NOTIFY_SOCKET={value!r}: only absolute AF_UNIX paths and @abstract names "
-        "are supported",
+        f"NOTIFY_SOCKET={value!r}: only absolute AF_UNIX paths and @abstract names are supported",
     )
 
 
