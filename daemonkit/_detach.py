@@ -10,7 +10,9 @@ parent leaves at once:
 - the intermediate process stays the daemon's parent until the launcher is
   gone (it learns that from a pipe whose only writer is the launcher), so
   that if the daemon dies before it is ready, its exit status or signal is
-  known and reported. Then it exits and the daemon is adopted by init.
+  known and reported (on a pipe of its own, not the channel, whose end of
+  file must mean that the daemon closed it). Then it exits and the daemon
+  is adopted by init.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ def _pipe_above_stdio() -> tuple[int, int]:
     return ends[0], ends[1]
 
 
-def detach(ready_timeout: float | None) -> None:
-    """Fork twice with a new session between; return only in the daemon."""
+def detach(ready_timeout: float | None, exec_is_ready: bool = False) -> None:
+    """Fork twice with a new session between; return only in the daemon.
+
+    ``exec_is_ready``: the daemon will exec a program; its channel closing on
+    a successful exec counts as ready (``daemonkit start`` without ``--notify``).
+    """
     pipes = [_pipe_above_stdio() for _ in range(3)]
     (channel_read, channel_write), (pid_read, pid_write), (hold_read, hold_write) = pipes
     try:
@@ -53,7 +59,7 @@ def detach(ready_timeout: float | None) -> None:
         for fd in (channel_write, pid_write, hold_read):
             os.close(fd)
         # hold_write stays open until this process exits.
-        finish_launcher(channel_read, first, pid_read, ready_timeout)
+        finish_launcher(channel_read, first, pid_read, ready_timeout, exec_is_ready)
     for fd in (channel_read, pid_read, hold_write):
         os.close(fd)
     try:
@@ -70,15 +76,17 @@ def detach(ready_timeout: float | None) -> None:
     readiness.adopt(channel_write)
 
 
-def _stay_until_launcher_leaves(daemon: int, pid_write: int, hold: int, channel: int) -> NoReturn:
+def _stay_until_launcher_leaves(daemon: int, report: int, hold: int, channel: int) -> NoReturn:
     """The intermediate process: tell the daemon's pid, watch it, then leave.
 
-    Sleeps in one poll until the launcher is gone (end of file on ``hold``)
-    or the daemon has exited, whose wait status then goes to the launcher.
+    Its copy of the channel is closed at once, so that the launcher sees end
+    of file when the daemon closes its own (exec, exit). It then sleeps in
+    one poll until the launcher is gone (end of file on ``hold``) or the
+    daemon has exited, whose wait status then goes on ``report``.
     """
+    os.close(channel)
     try:
-        os.write(pid_write, str(daemon).encode())
-        os.close(pid_write)
+        os.write(report, f"{daemon}\n".encode())
         pidfd = os.pidfd_open(daemon)
     except OSError:  # no pidfds (Linux < 5.3): leave at once, as the classic recipe
         _posix.exit_now(0)
@@ -88,19 +96,27 @@ def _stay_until_launcher_leaves(daemon: int, pid_write: int, hold: int, channel:
     if any(fd == pidfd for fd, _ in poller.poll()):
         status = _posix.wait_child(daemon)
         try:
-            readiness.write_all(channel, readiness.frames(f"{readiness.EXIT_KEY}{status}"))
+            os.write(report, f"{status}\n".encode())
         except OSError:
             pass  # the launcher left meanwhile
     _posix.exit_now(0)
 
 
 def finish_launcher(
-    read_fd: int, middle_pid: int, pid_fd: int, ready_timeout: float | None
+    read_fd: int,
+    middle_pid: int,
+    pid_fd: int,
+    ready_timeout: float | None,
+    exec_is_ready: bool = False,
 ) -> NoReturn:
     """In the launcher: wait for the daemon, then exit with its verdict."""
     try:
         readiness.wait_until_ready(
-            readiness.PipeReceiver(read_fd), middle_pid, pid_fd, ready_timeout
+            readiness.PipeReceiver(read_fd),
+            middle_pid,
+            readiness.MiddleReport(pid_fd),
+            ready_timeout,
+            exec_is_ready=exec_is_ready,
         )
     except StartupError as exc:
         readiness.say(f"daemonkit: {exc}")

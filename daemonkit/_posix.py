@@ -61,6 +61,28 @@ def wait_child(pid: int) -> int:
             return 0
 
 
+def process_running(pid: int) -> bool:
+    """True if ``pid`` exists and has not exited (a zombie has exited)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError:  # no pidfds: fall back to kill(0), which sees zombies as alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    try:
+        import select
+
+        return not select.select([pidfd], [], [], 0)[0]
+    finally:
+        os.close(pidfd)
+
+
 def describe_wait_status(status: int) -> str:
     """``"exited with status N"`` or ``"was killed by signal SIGX"``."""
     if os.WIFSIGNALED(status):

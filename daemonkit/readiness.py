@@ -26,7 +26,6 @@ from .errors import StartupError
 DEFAULT_READY_TIMEOUT = 90.0  # seconds; systemd's default TimeoutStartSec
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a daemon that timed out
 _ERROR_KEY = "X_DAEMONKIT_ERROR="
-EXIT_KEY = "X_DAEMONKIT_EXIT="  # the intermediate process: the daemon's wait status
 _MAX_MESSAGE = 1 << 20
 
 
@@ -219,64 +218,87 @@ class Receiver(Protocol):
     def receive(self, deadline: float) -> list[str] | None: ...
 
 
-def _pid_from_middle(pid_fd: int) -> int | None:
-    """The daemon's pid, as the intermediate process wrote it before exiting."""
-    try:
-        os.set_blocking(pid_fd, False)
-        data = os.read(pid_fd, 32)
-    except OSError:
-        return None
-    return int(data) if data.isdigit() else None
+class MiddleReport:
+    """What the intermediate process tells the launcher, on a pipe of its own.
+
+    First the daemon's pid (``"<pid>\\n"``) as soon as it is forked; then,
+    only if the daemon dies while the launcher still waits, the daemon's wait
+    status (``"<status>\\n"``). Read only when needed: waiting for readiness
+    costs the launcher a single wake-up.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._data = b""
+        self._eof = False
+        os.set_blocking(fd, False)
+
+    def _read(self, block: bool) -> None:
+        if self._eof:
+            return
+        if block:
+            select.select([self.fd], [], [])
+        while True:
+            try:
+                chunk = os.read(self.fd, 64)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._eof = True
+                return
+            self._data += chunk
+
+    def _lines(self) -> list[bytes]:
+        return [line for line in self._data.split(b"\n")[:-1] if line.isdigit()]
+
+    def pid(self) -> int | None:
+        """The daemon's pid, or None if the intermediate process never forked it."""
+        self._read(block=False)
+        lines = self._lines()
+        return int(lines[0]) if lines else None
+
+    def exit_status(self) -> int | None:
+        """The dead daemon's wait status (blocks until the report is complete)."""
+        while not self._eof and len(self._lines()) < 2:
+            self._read(block=True)
+        lines = self._lines()
+        return int(lines[1]) if len(lines) > 1 else None
 
 
 def wait_until_ready(
     receiver: Receiver,
     middle_pid: int,
-    pid_fd: int,
+    middle: MiddleReport | None,
     timeout: float | None,
     show_status: bool = True,
+    exec_is_ready: bool = False,
 ) -> Outcome:
     """Wait for READY=1 from ``receiver``; raise :class:`StartupError` otherwise.
 
-    ``pid_fd`` carries the daemon's pid from the intermediate process; it is
-    read only when the daemon has not said it (a timeout, a silent death), so
-    waiting costs one wake-up. The intermediate process stays the daemon's
-    parent until the launcher exits, so it can report how a daemon that dies
-    before it is ready ended (``X_DAEMONKIT_EXIT=``).
+    ``middle`` is the intermediate process's report (None when the program
+    was not started by daemonkit's double fork). When the channel reaches
+    end of file without READY, a daemon that is still alive has exec'd
+    another program (the channel is close-on-exec): that counts as ready if
+    ``exec_is_ready``; a dead one is reported with its exit status or signal.
     """
     outcome = Outcome()
     limit = DEFAULT_READY_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + limit
     while True:
         messages = receiver.receive(deadline)
+        if middle is not None:
+            outcome.pid = outcome.pid or middle.pid()
         if messages is None:
-            outcome.pid = outcome.pid or _pid_from_middle(pid_fd)
             _stop_silent_daemon(receiver.fileno(), outcome.pid)
             raise StartupError(
                 f"the daemon{_pid_text(outcome.pid)} was not ready within {limit:g} s "
                 "and was stopped; raise ready_timeout if it needs longer",
                 pid=outcome.pid,
             )
-        if not messages:  # end of file: every copy of the daemon's end is closed
-            middle_status = _posix.wait_child(middle_pid)
-            outcome.pid = outcome.pid or _pid_from_middle(pid_fd)
-            if middle_status and outcome.pid is None:
-                raise StartupError(
-                    "detaching failed: the intermediate process "
-                    + _posix.describe_wait_status(middle_status)
-                )
-            raise StartupError(
-                f"the daemon{_pid_text(outcome.pid)} exited before it was ready",
-                pid=outcome.pid,
-            )
+        if not messages:  # end of file: the daemon closed its end, exec'd, or died
+            _end_of_channel(outcome, middle_pid, middle, exec_is_ready)
+            return outcome
         for message in messages:
-            if message.startswith(EXIT_KEY):
-                outcome.pid = outcome.pid or _pid_from_middle(pid_fd)
-                how = _posix.describe_wait_status(int(message[len(EXIT_KEY) :]))
-                raise StartupError(
-                    f"the daemon{_pid_text(outcome.pid)} {how} before it was ready",
-                    pid=outcome.pid,
-                )
             if message.startswith(_ERROR_KEY):
                 raise StartupError(
                     f"the daemon{_pid_text(outcome.pid)} failed before it was ready:",
@@ -292,6 +314,28 @@ def wait_until_ready(
                     say(f"daemonkit: {fields['STATUS']}")
             if fields.get("READY") == "1":
                 return outcome  # the intermediate process leaves when we do
+
+
+def _end_of_channel(
+    outcome: Outcome, middle_pid: int, middle: MiddleReport | None, exec_is_ready: bool
+) -> None:
+    """Judge an end of file on the channel: return if it means ready, else raise."""
+    if outcome.pid is None:
+        status = _posix.wait_child(middle_pid)
+        raise StartupError(
+            "detaching failed: the intermediate process " + _posix.describe_wait_status(status)
+        )
+    if _posix.process_running(outcome.pid):
+        if exec_is_ready:
+            return
+        raise StartupError(
+            f"the daemon (pid {outcome.pid}) closed its readiness channel without "
+            "saying it was ready",
+            pid=outcome.pid,
+        )
+    exit_status = middle.exit_status() if middle is not None else None
+    how = "exited" if exit_status is None else _posix.describe_wait_status(exit_status)
+    raise StartupError(f"the daemon (pid {outcome.pid}) {how} before it was ready", pid=outcome.pid)
 
 
 def _pid_text(pid: int | None) -> str:

@@ -35,7 +35,7 @@ def test_waits_for_a_program_that_is_not_daemonkit(daemons: Daemons) -> None:
         proc = subprocess.Popen([sys.executable, "-c", SPEAKER], env=env)
         daemons.track(proc.pid)
         try:
-            outcome = readiness.wait_until_ready(receiver, proc.pid, -1, 10, show_status=False)
+            outcome = readiness.wait_until_ready(receiver, proc.pid, None, 10, show_status=False)
             waited = time.monotonic() - began
         finally:
             proc.kill()
@@ -51,7 +51,7 @@ def test_times_out_on_a_silent_program(daemons: Daemons) -> None:
         daemons.track(proc.pid)
         try:
             with pytest.raises(StartupError, match=r"not ready within 0\.5 s"):
-                readiness.wait_until_ready(receiver, proc.pid, -1, 0.5, show_status=False)
+                readiness.wait_until_ready(receiver, proc.pid, None, 0.5, show_status=False)
         finally:
             proc.kill()
             proc.wait(5)
