@@ -40,11 +40,17 @@ def _pipe_above_stdio() -> tuple[int, int]:
     return ends[0], ends[1]
 
 
-def detach(ready_timeout: float | None, exec_is_ready: bool = False) -> None:
+def detach(
+    ready_timeout: float | None,
+    exec_is_ready: bool = False,
+    notify: readiness.Receiver | None = None,
+) -> None:
     """Fork twice with a new session between; return only in the daemon.
 
     ``exec_is_ready``: the daemon will exec a program; its channel closing on
-    a successful exec counts as ready (``daemonkit start`` without ``--notify``).
+    a successful exec counts as ready (``daemonkit start``). ``notify``: then
+    wait, on this receiver, for the program's own sd_notify ``READY=1``
+    (``daemonkit start --notify``).
     """
     pipes = [_pipe_above_stdio() for _ in range(3)]
     (channel_read, channel_write), (pid_read, pid_write), (hold_read, hold_write) = pipes
@@ -59,7 +65,7 @@ def detach(ready_timeout: float | None, exec_is_ready: bool = False) -> None:
         for fd in (channel_write, pid_write, hold_read):
             os.close(fd)
         # hold_write stays open until this process exits.
-        finish_launcher(channel_read, first, pid_read, ready_timeout, exec_is_ready)
+        finish_launcher(channel_read, first, pid_read, ready_timeout, exec_is_ready, notify)
     for fd in (channel_read, pid_read, hold_write):
         os.close(fd)
     try:
@@ -108,16 +114,23 @@ def finish_launcher(
     pid_fd: int,
     ready_timeout: float | None,
     exec_is_ready: bool = False,
+    notify: readiness.Receiver | None = None,
 ) -> NoReturn:
     """In the launcher: wait for the daemon, then exit with its verdict."""
+    middle = readiness.MiddleReport(pid_fd)
     try:
-        readiness.wait_until_ready(
+        outcome = readiness.wait_until_ready(
             readiness.PipeReceiver(read_fd),
             middle_pid,
-            readiness.MiddleReport(pid_fd),
+            middle,
             ready_timeout,
             exec_is_ready=exec_is_ready,
         )
+        if notify is not None and outcome.pid is not None:
+            watch = getattr(notify, "watch", None)
+            if watch is not None:
+                watch(outcome.pid)
+            readiness.wait_until_ready(notify, middle_pid, middle, ready_timeout)
     except StartupError as exc:
         readiness.say(f"daemonkit: {exc}")
         _posix.exit_now(1)

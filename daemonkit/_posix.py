@@ -61,24 +61,18 @@ def wait_child(pid: int) -> int:
             return 0
 
 
-def process_running(pid: int) -> bool:
-    """True if ``pid`` exists and has not exited (a zombie has exited)."""
+def exits_within(pid: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` (on a pidfd, no polling loop) for ``pid`` to exit."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return False
-    except OSError:  # no pidfds: fall back to kill(0), which sees zombies as alive
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
         return True
+    except OSError:
+        return False
     try:
         import select
 
-        return not select.select([pidfd], [], [], 0)[0]
+        return bool(select.select([pidfd], [], [], seconds)[0])
     finally:
         os.close(pidfd)
 

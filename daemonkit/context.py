@@ -110,6 +110,9 @@ class DaemonContext:
         self.ready_timeout = ready_timeout
         self._is_open = False
         self._owner_pid: int | None = None
+        # Set by daemonkit.cli for ``start``: the daemon will exec a program.
+        self._exec_is_ready = False
+        self._notify_receiver: Any = None
 
     @property
     def is_open(self) -> bool:
@@ -138,7 +141,7 @@ class DaemonContext:
             if plan.detach:
                 if lock is not None:
                     lock._handing_down = True
-                _detach.detach(self.ready_timeout)
+                _detach.detach(self.ready_timeout, self._exec_is_ready, self._notify_receiver)
                 if lock is not None:
                     lock._adopt()
         except BaseException:

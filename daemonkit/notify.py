@@ -194,6 +194,14 @@ class NotifySocketReceiver:
         self._sock.bind(b"\0" + name.encode())
         self.address = "@" + name
         self.senders: list[int] = []
+        self._pidfd: int | None = None
+
+    def watch(self, pid: int) -> None:
+        """Also wake :meth:`receive` when process ``pid`` exits (it returns [])."""
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = -1  # already gone
 
     def environment(self) -> dict[str, str]:
         """The variables to give the program: ``{"NOTIFY_SOCKET": address}``."""
@@ -208,13 +216,20 @@ class NotifySocketReceiver:
 
         poller = select.poll()
         poller.register(self._sock, select.POLLIN)
+        if self._pidfd == -1:
+            return []
+        if self._pidfd is not None:
+            poller.register(self._pidfd, select.POLLIN)
         creds_size = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            if not poller.poll(remaining * 1000):
+            ready = [fd for fd, _ in poller.poll(remaining * 1000)]
+            if not ready:
                 continue
+            if self._sock.fileno() not in ready:  # the watched process exited
+                return []
             data, ancillary, _, _ = self._sock.recvmsg(
                 65536, creds_size + socket.CMSG_SPACE(253 * 4)
             )
@@ -228,6 +243,9 @@ class NotifySocketReceiver:
 
     def close(self) -> None:
         self._sock.close()
+        if self._pidfd is not None and self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def __enter__(self) -> NotifySocketReceiver:
         return self

@@ -25,6 +25,10 @@ from .errors import StartupError
 
 DEFAULT_READY_TIMEOUT = 90.0  # seconds; systemd's default TimeoutStartSec
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a daemon that timed out
+# After a successful exec, a program that dies within this many seconds is
+# reported as a failed start (a missing config file, a bad option), not "up".
+EXEC_GRACE = 0.2
+EOF_GRACE = 2.0  # seconds a daemon whose channel closed has to finish dying
 _ERROR_KEY = "X_DAEMONKIT_ERROR="
 _MAX_MESSAGE = 1 << 20
 
@@ -325,7 +329,9 @@ def _end_of_channel(
         raise StartupError(
             "detaching failed: the intermediate process " + _posix.describe_wait_status(status)
         )
-    if _posix.process_running(outcome.pid):
+    # A dying process closes its descriptors a moment before it becomes a
+    # zombie: give it that moment (and an exec'd program its grace period).
+    if not _posix.exits_within(outcome.pid, EXEC_GRACE if exec_is_ready else EOF_GRACE):
         if exec_is_ready:
             return
         raise StartupError(
@@ -335,7 +341,8 @@ def _end_of_channel(
         )
     exit_status = middle.exit_status() if middle is not None else None
     how = "exited" if exit_status is None else _posix.describe_wait_status(exit_status)
-    raise StartupError(f"the daemon (pid {outcome.pid}) {how} before it was ready", pid=outcome.pid)
+    when = "at once" if exec_is_ready else "before it was ready"
+    raise StartupError(f"the daemon (pid {outcome.pid}) {how} {when}", pid=outcome.pid)
 
 
 def _pid_text(pid: int | None) -> str:

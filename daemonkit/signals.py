@@ -32,15 +32,18 @@ def default_signal_map() -> dict[Any, Any]:
     return mapping
 
 
-def resolve_signal(key: object) -> signal.Signals:
-    """``signal.Signals`` for a Signals, an int or a name such as ``"hup"``."""
+def resolve_signal(key: object, label: str = "signal_map") -> signal.Signals:
+    """``signal.Signals`` for a Signals, an int or a name such as ``"hup"``.
+
+    ``label`` names the setting in error messages.
+    """
     if isinstance(key, signal.Signals):
         sig = key
     elif isinstance(key, int) and not isinstance(key, bool):
         try:
             sig = signal.Signals(key)
         except ValueError:
-            raise SignalMapError(f"signal_map: {key} is not a signal number") from None
+            raise SignalMapError(f"{label}: {key} is not a signal number") from None
     elif isinstance(key, str):
         name = key.strip().upper()
         if not name.startswith("SIG"):
@@ -49,11 +52,11 @@ def resolve_signal(key: object) -> signal.Signals:
             sig = signal.Signals[name]
         except KeyError:
             raise SignalMapError(
-                f"signal_map: unknown signal name {key!r} (use names like 'SIGHUP' or 'HUP')"
+                f"{label}: unknown signal name {key!r} (use names like 'SIGHUP' or 'HUP')"
             ) from None
     else:
         raise SignalMapError(
-            f"signal_map: key {key!r} is not a signal (give a signal.Signals, an int or a name)"
+            f"{label}: key {key!r} is not a signal (give a signal.Signals, an int or a name)"
         )
     return sig
 

@@ -1,0 +1,259 @@
+"""The ``daemonkit`` command: run any program as a daemon, and control it.
+
+A thin layer over :class:`daemonkit.DaemonContext` (``start``, ``run``) and
+:mod:`daemonkit.control` (``stop``, ``status``, ``reload``), with LSB exit
+codes that init scripts, Ansible and monitoring understand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_CODES = """\
+exit codes:
+  start, restart, run  0 started (or already running), 1 failed to start,
+                       5 command not found, 6 bad configuration
+  stop                 0 stopped (or was not running), 1 could not stop it
+  status               0 running, 1 dead but the pidfile remains,
+                       3 not running, 4 unknown (e.g. no permission)
+  reload               0 signalled, 7 not running
+"""
+
+LSB_NOT_INSTALLED, LSB_NOT_CONFIGURED, LSB_NOT_RUNNING = 5, 6, 7
+
+
+def _umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal umask such as 022") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"umask {text!r} is out of range (000 to 777)")
+    return value
+
+
+def _env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--env {text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _add_start_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pidfile", help="pidfile to lock and write (daemonkit's PIDFile)")
+    parser.add_argument("--chdir", default="/", help="working directory (default: /)")
+    parser.add_argument("--umask", type=_umask, default=0o022, help="umask, octal (default 022)")
+    parser.add_argument("--user", help="run as this user (name or uid; needs root)")
+    parser.add_argument("--group", help="run as this group (default: the user's)")
+    parser.add_argument("--chroot", help="change root to this directory (needs root)")
+    parser.add_argument("--stdout", help="append the program's stdout to this file")
+    parser.add_argument("--stderr", help="append the program's stderr to this file")
+    parser.add_argument(
+        "--env", type=_env, action="append", default=[], metavar="K=V", help="set a variable"
+    )
+    parser.add_argument(
+        "--notify",
+        action="store_true",
+        help="wait for the program's sd_notify READY=1 (it gets $NOTIFY_SOCKET), "
+        "not just for a successful exec",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait for readiness (default 90)"
+    )
+    parser.add_argument("--name", help="name used in messages (default: the command)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return command
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    name = args.name or (os.path.basename(_command(args)[0]) if _command(args) else "daemonkit")
+    print(f"daemonkit: {name}: {text}", file=sys.stderr, flush=True)
+
+
+def _context(args: argparse.Namespace, detach: bool) -> Any:
+    from . import DaemonContext, PIDFile
+
+    keep = (sys.stdout, sys.stderr) if not detach else (None, None)
+
+    def owner(value: str | None) -> int | str | None:
+        return int(value) if value is not None and value.isdigit() else value
+
+    return DaemonContext(
+        working_directory=args.chdir,
+        umask=args.umask,
+        uid=owner(args.user),
+        gid=owner(args.group),
+        chroot_directory=args.chroot,
+        stdout=args.stdout or keep[0],
+        stderr=args.stderr or keep[1],
+        pidfile=PIDFile(args.pidfile) if args.pidfile else None,
+        detach_process=detach,
+        wait_ready=True,
+        ready_timeout=args.timeout,
+    )
+
+
+def _launch(args: argparse.Namespace, detach: bool) -> int:
+    """``start`` and ``run``: set the process up through DaemonContext, then exec."""
+    from .errors import AlreadyRunningError, ConfigurationError, DaemonError
+
+    command = _command(args)
+    if not command:
+        _say(args, "no command given (usage: daemonkit start [OPTIONS] -- CMD [ARG...])")
+        return LSB_NOT_CONFIGURED
+    environment = dict(os.environ)
+    environment.update(dict(args.env))
+    executable = shutil.which(command[0], path=environment.get("PATH"))
+    if executable is None:
+        _say(args, f"command not found: {command[0]}")
+        return LSB_NOT_INSTALLED
+    executable = os.path.abspath(executable)
+    context = _context(args, detach)
+    receiver = None
+    if args.notify and detach:
+        from .notify import NotifySocketReceiver
+
+        receiver = NotifySocketReceiver()
+        environment.update(receiver.environment())
+    context._exec_is_ready = True  # then, with --notify, READY=1 on the receiver
+    context._notify_receiver = receiver
+    try:
+        context.open()  # the launcher does not come back: it exits with the verdict
+    except AlreadyRunningError as exc:
+        _say(args, f"already running: {exc}")
+        return 0
+    except ConfigurationError as exc:
+        _say(args, str(exc))
+        return LSB_NOT_CONFIGURED
+    except DaemonError as exc:
+        _say(args, str(exc))
+        return 1
+    if context.pidfile is not None:
+        os.set_inheritable(context.pidfile.fileno(), True)  # the program keeps the lock
+    try:
+        os.execve(executable, command, environment)
+    except OSError as exc:
+        from . import readiness
+
+        message = f"cannot execute {executable}: {exc.strerror}"
+        if not readiness.pending():  # run: nobody waits; say it here
+            _say(args, message)
+        readiness.report_text(message)
+        os._exit(127)
+    return 1  # not reached
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from . import control
+
+    result = control.stop(
+        args.pidfile, sig=args.signal, retry=args.retry, timeout=args.timeout, group=args.group
+    )
+    print(f"daemonkit: {result.message}", file=sys.stderr)
+    return result.code
+
+
+def _status(args: argparse.Namespace) -> int:
+    from . import control
+
+    found = control.status(args.pidfile)
+    if args.json:
+        print(json.dumps(found.as_dict()))
+    else:
+        print(found.describe())
+    return found.code
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from . import control
+
+    found = control.reload(args.pidfile, args.signal)
+    if not found.running or found.pid is None:
+        print(f"daemonkit: cannot reload: {found.describe()}", file=sys.stderr)
+        return LSB_NOT_RUNNING
+    print(f"daemonkit: sent SIG{args.signal.upper().removeprefix('SIG')} to pid {found.pid}")
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from . import control
+
+    if args.pidfile:
+        result = control.stop(args.pidfile, retry=args.retry)
+        if not result.stopped:
+            print(f"daemonkit: restart: {result.message}", file=sys.stderr)
+            return 1
+    return _launch(args, detach=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public for documentation tools)."""
+    parser = argparse.ArgumentParser(
+        prog="daemonkit",
+        description="Run any program as a well-behaved daemon, and control it by its pidfile.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="action", required=True, metavar="COMMAND")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    start = add("start", "start CMD as a daemon; return once it is up")
+    _add_start_options(start)
+    run = add("run", "run CMD in the foreground with the same setup (systemd, containers)")
+    _add_start_options(run)
+    restart = add("restart", "stop the daemon named by --pidfile, then start CMD")
+    _add_start_options(restart)
+    restart.add_argument("--retry", default="TERM/30/KILL/5", help="stop's retry schedule")
+    stop = add("stop", "stop the daemon holding --pidfile; wait until it is gone")
+    stop.add_argument("--pidfile", required=True)
+    stop.add_argument("--signal", default="TERM", help="signal to send (default TERM)")
+    stop.add_argument("--retry", help="schedule such as TERM/30/KILL/5 (start-stop-daemon's)")
+    stop.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    stop.add_argument("--group", action="store_true", help="signal the whole process group")
+    status = add("status", "tell whether the daemon holding --pidfile runs (LSB codes)")
+    status.add_argument("--pidfile", required=True)
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    reload = add("reload", "send SIGHUP (or --signal) to the daemon holding --pidfile")
+    reload.add_argument("--pidfile", required=True)
+    reload.add_argument("--signal", default="HUP", help="signal to send (default HUP)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    from .errors import DaemonError
+
+    actions = {
+        "start": lambda: _launch(args, detach=True),
+        "run": lambda: _launch(args, detach=False),
+        "restart": lambda: _restart(args),
+        "stop": lambda: _stop(args),
+        "status": lambda: _status(args),
+        "reload": lambda: _reload(args),
+    }
+    try:
+        return actions[args.action]()
+    except DaemonError as exc:
+        print(f"daemonkit: {exc}", file=sys.stderr)
+        return LSB_NOT_CONFIGURED if isinstance(exc, ValueError) else 1

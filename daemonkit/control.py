@@ -1,0 +1,245 @@
+"""Control a daemon through its pidfile: status, stop, reload (the CLI's engine).
+
+Every decision is taken from the pidfile's lock, never from its content
+alone: only a process that holds the lock (and has the file open) is
+"running", and it is signalled through a pidfd opened while the lock is
+re-checked, so a pid the kernel has since given to an unrelated process is
+never signalled. Waiting for a process to exit polls its pidfd: no sleeps.
+
+Results carry LSB exit codes (``status``: 0 running, 1 dead with a pidfile,
+3 not running, 4 unknown; ``stop``: 0 stopped or not running, 1 not stopped).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from typing import Any
+
+from .errors import ConfigurationError
+from .pidfile import PIDFile, PIDStatus
+from .signals import resolve_signal
+
+__all__ = ["ControlStatus", "StopResult", "parse_schedule", "reload", "status", "stop"]
+
+LSB_RUNNING, LSB_DEAD, LSB_NOT_RUNNING, LSB_UNKNOWN = 0, 1, 3, 4
+
+
+def _uptime(pid: int) -> float | None:
+    """Seconds since ``pid`` started, from /proc (None if it cannot be told)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            started = int(stat.read().rpartition(b")")[2].split()[19])
+        with open("/proc/uptime", "rb") as uptime:
+            now = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, now - started / os.sysconf("SC_CLK_TCK"))
+
+
+def _human(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{days}d"] if days else []
+    parts += [f"{hours}h"] if hours or days else []
+    parts += [f"{minutes}m"] if minutes or hours or days else []
+    return "".join([*parts, f"{secs}s"])
+
+
+class ControlStatus:
+    """A daemon's state as its pidfile's lock tells it, with its LSB code."""
+
+    def __init__(self, pidfile: str, found: PIDStatus) -> None:
+        self.pidfile = pidfile
+        self.state = found.state
+        self.pid = found.pid
+        self.reason = found.reason
+        self.uptime = _uptime(found.pid) if found.running and found.pid else None
+        self.code = {
+            PIDStatus.RUNNING: LSB_RUNNING,
+            PIDStatus.STARTING: LSB_RUNNING,
+            PIDStatus.STALE: LSB_DEAD,
+            PIDStatus.ABSENT: LSB_NOT_RUNNING,
+        }.get(found.state, LSB_UNKNOWN)
+
+    @property
+    def running(self) -> bool:
+        return self.code == LSB_RUNNING
+
+    def describe(self) -> str:
+        """One line for people."""
+        if self.state == PIDStatus.RUNNING:
+            up = f", up {_human(self.uptime)}" if self.uptime is not None else ""
+            return f"running (pid {self.pid}{up})"
+        return {
+            PIDStatus.STARTING: "starting (pidfile locked, no pid written yet)",
+            PIDStatus.STALE: f"dead, but the pidfile {self.pidfile} remains (stale)",
+            PIDStatus.ABSENT: "not running",
+            PIDStatus.UNVERIFIED: (
+                f"unknown: {self.pidfile} names pid {self.pid}, which is alive but does "
+                "not hold the pidfile's lock (another tool's pidfile, or a reused pid)"
+            ),
+        }.get(self.state, f"unknown: {self.pidfile}: {self.reason}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``--json``."""
+        return {
+            "pidfile": self.pidfile,
+            "state": self.state,
+            "pid": self.pid,
+            "uptime": self.uptime,
+            "code": self.code,
+            "description": self.describe(),
+        }
+
+
+def status(pidfile: str | os.PathLike[str]) -> ControlStatus:
+    """The daemon's state, judged by the pidfile's lock."""
+    path = os.fspath(pidfile)
+    return ControlStatus(path, PIDFile(path).holder())
+
+
+def parse_schedule(schedule: str, default_signal: str = "TERM") -> list[tuple[int, float]]:
+    """start-stop-daemon's retry syntax: ``TERM/30/KILL/5`` or just ``30``.
+
+    A bare number means: the default signal, that many seconds, then KILL
+    for as long again.
+    """
+    parts = [part for part in schedule.split("/") if part]
+    if not parts:
+        raise ConfigurationError(f"empty retry schedule {schedule!r}")
+    if len(parts) == 1 and parts[0].replace(".", "", 1).isdigit():
+        seconds = float(parts[0])
+        return [(resolve_signal(default_signal, "retry"), seconds), (signal.SIGKILL, seconds)]
+    steps: list[tuple[int, float]] = []
+    for index in range(0, len(parts), 2):
+        name = parts[index]
+        try:
+            wait = float(parts[index + 1]) if index + 1 < len(parts) else 0.0
+        except ValueError:
+            raise ConfigurationError(
+                f"retry schedule {schedule!r}: {parts[index + 1]!r} is not a number of seconds"
+            ) from None
+        sig = resolve_signal(int(name) if name.isdigit() else name, f"retry {schedule!r}")
+        steps.append((sig, wait))
+    return steps
+
+
+class StopResult:
+    """What ``stop`` did: ``stopped`` also when nothing was running."""
+
+    def __init__(self, pid: int | None, was_running: bool) -> None:
+        self.pid = pid
+        self.was_running = was_running
+        self.stopped = not was_running
+        self.signals: list[str] = []
+        self.elapsed = 0.0
+        self.message = "not running"
+
+    @property
+    def code(self) -> int:
+        return 0 if self.stopped else 1
+
+
+def _open_holder(path: str) -> tuple[int, int] | None:
+    """(pid, pidfd) of the pidfile's live holder, re-checked around pidfd_open."""
+    before = PIDFile(path).holder()
+    if before.state != PIDStatus.RUNNING or before.pid is None:
+        return None
+    pidfd = os.pidfd_open(before.pid)
+    after = PIDFile(path).holder()
+    if after.state != PIDStatus.RUNNING or after.pid != before.pid:
+        os.close(pidfd)
+        return None
+    return before.pid, pidfd
+
+
+def _send(pid: int, pidfd: int, sig: int, group: bool) -> None:
+    if group:
+        if select.select([pidfd], [], [], 0)[0]:
+            return  # it exited: its process group id may no longer be its own
+        os.killpg(os.getpgid(pid), sig)
+    else:
+        signal.pidfd_send_signal(pidfd, sig)
+
+
+def stop(
+    pidfile: str | os.PathLike[str],
+    sig: int | str = "TERM",
+    retry: str | None = None,
+    timeout: float = 30.0,
+    group: bool = False,
+) -> StopResult:
+    """Stop the pidfile's live holder and wait until it is gone.
+
+    Without ``retry``: ``sig``, then wait up to ``timeout`` seconds. With a
+    ``retry`` schedule (``TERM/30/KILL/5``) each signal is sent in turn and
+    waited for. ``group`` signals the daemon's whole process group.
+    """
+    path = os.fspath(pidfile)
+    steps = parse_schedule(retry) if retry else [(resolve_signal(sig, "signal"), timeout)]
+    holder = _open_holder(path)
+    if holder is None:
+        result = StopResult(None, was_running=False)
+        found = status(path)
+        if found.state not in (PIDStatus.ABSENT, PIDStatus.STALE):
+            result.stopped = found.state != PIDStatus.STARTING and found.code != LSB_UNKNOWN
+            result.message = found.describe()
+        return result
+    pid, pidfd = holder
+    result = StopResult(pid, was_running=True)
+    began = time.monotonic()
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    try:
+        for step_signal, wait in steps:
+            try:
+                _send(pid, pidfd, step_signal, group)
+            except ProcessLookupError:
+                pass
+            result.signals.append(signal.Signals(step_signal).name)
+            if poller.poll(wait * 1000):
+                result.stopped = True
+                break
+    finally:
+        os.close(pidfd)
+    result.elapsed = time.monotonic() - began
+    if result.stopped:
+        _remove_stale(path)
+    result.message = (
+        f"stopped (pid {pid}, {result.elapsed:.3f} s, {'/'.join(result.signals)})"
+        if result.stopped
+        else f"pid {pid} is still running after {'/'.join(result.signals)}"
+    )
+    return result
+
+
+def _remove_stale(path: str) -> None:
+    """Remove the pidfile a stopped program left (an exec'd one cannot itself).
+
+    Only while holding its lock, so a daemon started meanwhile keeps its file.
+    """
+    leftover = PIDFile(path)
+    try:
+        leftover.lock(0)
+    except Exception:
+        return  # locked again already, or not ours to touch
+    leftover.release()
+
+
+def reload(pidfile: str | os.PathLike[str], sig: int | str = "HUP") -> ControlStatus:
+    """Send ``sig`` (SIGHUP) to the pidfile's live holder; its status before."""
+    path = os.fspath(pidfile)
+    found = status(path)
+    holder = _open_holder(path)
+    if holder is None:
+        return found
+    _, pidfd = holder
+    try:
+        signal.pidfd_send_signal(pidfd, resolve_signal(sig, "signal"))
+    finally:
+        os.close(pidfd)
+    return found
