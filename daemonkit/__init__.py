@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DaemonContext": "context",
+    "Daemon": "app",
     "ready": "readiness",
     "notify": "notify",
     "DaemonError": "errors",
@@ -38,6 +39,7 @@ _EXPORTS = {
 __all__ = [
     "AlreadyRunningError",
     "ConfigurationError",
+    "Daemon",
     "DaemonContext",
     "DaemonError",
     "DaemonOSEnvironmentError",
@@ -59,6 +61,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import notify
+    from .app import Daemon
     from .context import DaemonContext
     from .errors import (
         AlreadyRunningError,
