@@ -1,9 +1,9 @@
 """flock(2) helpers for the pidfile: try, wait with a deadline, and look.
 
-Looking at a lock must not disturb it: ``/proc/locks`` tells which locks are
-granted on an inode without taking any. Where it cannot be read, a shared
-lock is tried for an instant instead, and a starter that meets such a probe
-retries briefly rather than reporting "already running".
+Looking at a lock takes a shared lock for an instant. A starter that meets
+such a probe retries briefly rather than reporting "already running": only
+then does it read ``/proc/locks`` (which tells granted locks apart without
+taking any, but costs milliseconds) to see that the lock is a probe's.
 """
 
 from __future__ import annotations
@@ -59,13 +59,10 @@ def flock_kinds(st: os.stat_result) -> set[str] | None:
 def lock_held(fd: int) -> bool:
     """True if some process holds an exclusive lock on ``fd``'s file.
 
-    ``/proc/locks`` answers without touching the lock; where it shows
-    nothing (unreadable, or filtered by PID namespace) a shared lock is
-    tried on ``fd`` for an instant.
+    Asked by trying a shared lock for an instant: two system calls, where
+    reading ``/proc/locks`` costs milliseconds on a busy kernel. A starter
+    that meets such a probe retries briefly (:func:`try_lock`).
     """
-    kinds = flock_kinds(os.fstat(fd))
-    if kinds:
-        return "WRITE" in kinds
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_CODES = """\
 exit codes:
@@ -257,3 +257,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DaemonError as exc:
         print(f"daemonkit: {exc}", file=sys.stderr)
         return LSB_NOT_CONFIGURED if isinstance(exc, ValueError) else 1
+
+
+def run() -> NoReturn:
+    """Console-script entry point: ``main()``, then exit without interpreter teardown.
+
+    Nothing the command did needs Python's finalization (files are closed,
+    output is flushed here), and skipping it makes ``stop`` return within a
+    millisecond or two of the daemon's exit instead of several.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
