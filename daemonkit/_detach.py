@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import select
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import _posix, readiness
 from .errors import StartupError
@@ -44,13 +44,15 @@ def detach(
     ready_timeout: float | None,
     exec_is_ready: bool = False,
     notify: readiness.Receiver | None = None,
+    lock: Any = None,
 ) -> None:
     """Fork twice with a new session between; return only in the daemon.
 
     ``exec_is_ready``: the daemon will exec a program; its channel closing on
     a successful exec counts as ready (``daemonkit start``). ``notify``: then
     wait, on this receiver, for the program's own sd_notify ``READY=1``
-    (``daemonkit start --notify``).
+    (``daemonkit start --notify``). ``lock``: the daemon's PIDFile, which
+    the launcher removes if the start fails and the daemon is gone.
     """
     pipes = [_pipe_above_stdio() for _ in range(3)]
     (channel_read, channel_write), (pid_read, pid_write), (hold_read, hold_write) = pipes
@@ -65,7 +67,7 @@ def detach(
         for fd in (channel_write, pid_write, hold_read):
             os.close(fd)
         # hold_write stays open until this process exits.
-        finish_launcher(channel_read, first, pid_read, ready_timeout, exec_is_ready, notify)
+        finish_launcher(channel_read, first, pid_read, ready_timeout, exec_is_ready, notify, lock)
     for fd in (channel_read, pid_read, hold_write):
         os.close(fd)
     try:
@@ -115,6 +117,7 @@ def finish_launcher(
     ready_timeout: float | None,
     exec_is_ready: bool = False,
     notify: readiness.Receiver | None = None,
+    lock: Any = None,
 ) -> NoReturn:
     """In the launcher: wait for the daemon, then exit with its verdict."""
     middle = readiness.MiddleReport(pid_fd)
@@ -133,6 +136,10 @@ def finish_launcher(
             readiness.wait_until_ready(notify, middle_pid, middle, ready_timeout)
     except StartupError as exc:
         readiness.say(f"daemonkit: {exc}")
+        if lock is not None and (exc.pid is None or _posix.exits_within(exc.pid, 2.0)):
+            # The launcher still shares the lock: removing the dead daemon's
+            # pidfile now cannot race with a new start.
+            lock.release()
         _posix.exit_now(1)
     except BaseException as exc:  # e.g. KeyboardInterrupt while waiting
         readiness.say(f"daemonkit: stopped waiting for the daemon: {exc!r}")

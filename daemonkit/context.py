@@ -141,7 +141,7 @@ class DaemonContext:
             if plan.detach:
                 if lock is not None:
                     lock._handing_down = True
-                _detach.detach(self.ready_timeout, self._exec_is_ready, self._notify_receiver)
+                _detach.detach(self.ready_timeout, self._exec_is_ready, self._notify_receiver, lock)
                 if lock is not None:
                     lock._adopt()
         except BaseException:

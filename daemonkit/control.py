@@ -185,6 +185,8 @@ def stop(
     if holder is None:
         result = StopResult(None, was_running=False)
         found = status(path)
+        if found.state == PIDStatus.STALE:
+            _remove_stale(path)  # as start-stop-daemon --remove-pidfile would
         if found.state not in (PIDStatus.ABSENT, PIDStatus.STALE):
             result.stopped = found.state != PIDStatus.STARTING and found.code != LSB_UNKNOWN
             result.message = found.describe()
