@@ -123,9 +123,10 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
     context = _context(args, detach)
     receiver = None
     if args.notify and detach:
-        from .notify import NotifySocketReceiver
+        from .notify import NotifySocketReceiver, pidfile_notify_name
 
-        receiver = NotifySocketReceiver()
+        name = pidfile_notify_name(args.pidfile) if args.pidfile else None
+        receiver = NotifySocketReceiver(name)
         environment.update(receiver.environment())
     context._exec_is_ready = True  # then, with --notify, READY=1 on the receiver
     context._notify_receiver = receiver
@@ -179,11 +180,12 @@ def _status(args: argparse.Namespace) -> int:
 def _reload(args: argparse.Namespace) -> int:
     from . import control
 
-    found = control.reload(args.pidfile, args.signal)
+    found = control.reload(args.pidfile, args.signal, notify=args.notify, timeout=args.timeout)
     if not found.running or found.pid is None:
         print(f"daemonkit: cannot reload: {found.describe()}", file=sys.stderr)
         return LSB_NOT_RUNNING
-    print(f"daemonkit: sent SIG{args.signal.upper().removeprefix('SIG')} to pid {found.pid}")
+    done = " and it reported RELOADING=1, then READY=1" if args.notify else ""
+    print(f"daemonkit: sent SIG{args.signal.upper().removeprefix('SIG')} to pid {found.pid}{done}")
     return 0
 
 
@@ -236,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     reload = add("reload", "send SIGHUP (or --signal) to the daemon holding --pidfile")
     reload.add_argument("--pidfile", required=True)
     reload.add_argument("--signal", default="HUP", help="signal to send (default HUP)")
+    reload.add_argument(
+        "--notify",
+        action="store_true",
+        help="wait for the daemon's RELOADING=1 and READY=1 (started with start --notify)",
+    )
+    reload.add_argument("--timeout", type=float, default=90.0, help="seconds to wait")
     return parser
 
 

@@ -232,16 +232,54 @@ def _remove_stale(path: str) -> None:
     leftover.release()
 
 
-def reload(pidfile: str | os.PathLike[str], sig: int | str = "HUP") -> ControlStatus:
-    """Send ``sig`` (SIGHUP) to the pidfile's live holder; its status before."""
+def reload(
+    pidfile: str | os.PathLike[str],
+    sig: int | str = "HUP",
+    notify: bool = False,
+    timeout: float = 90.0,
+) -> ControlStatus:
+    """Send ``sig`` (SIGHUP) to the pidfile's live holder; its status before.
+
+    With ``notify``, listen first on the address ``daemonkit start --notify``
+    gave the daemon and wait until it reports ``RELOADING=1`` and then
+    ``READY=1`` (raises :class:`~daemonkit.StartupError` if it does not in
+    ``timeout`` seconds or dies).
+    """
     path = os.fspath(pidfile)
     found = status(path)
     holder = _open_holder(path)
     if holder is None:
         return found
-    _, pidfd = holder
+    pid, pidfd = holder
+    receiver = None
     try:
+        if notify:
+            from .notify import NotifySocketReceiver, pidfile_notify_name
+
+            receiver = NotifySocketReceiver(pidfile_notify_name(path))
+            receiver.watch(pid)
         signal.pidfd_send_signal(pidfd, resolve_signal(sig, "signal"))
+        if receiver is not None:
+            _wait_reloaded(receiver, pid, timeout)
     finally:
         os.close(pidfd)
+        if receiver is not None:
+            receiver.close()
     return found
+
+
+def _wait_reloaded(receiver: Any, pid: int, timeout: float) -> None:
+    from .errors import StartupError
+
+    deadline = time.monotonic() + timeout
+    reloading = False
+    while True:
+        messages = receiver.receive(deadline)
+        if messages is None:
+            raise StartupError(f"pid {pid} did not finish reloading within {timeout:g} s")
+        if not messages:
+            raise StartupError(f"pid {pid} exited while reloading")
+        for line in "\n".join(messages).splitlines():
+            reloading = reloading or line == "RELOADING=1"
+            if line == "READY=1" and reloading:
+                return

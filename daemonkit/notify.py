@@ -38,6 +38,7 @@ __all__ = [
     "listen_fds_with_names",
     "notify",
     "notify_socket_address",
+    "pidfile_notify_name",
     "reloading",
     "start_watchdog",
     "status",
@@ -177,6 +178,18 @@ def store_fds(fds: Sequence[int], name: str | None = None) -> bool:
 # -- the listening side ------------------------------------------------------------
 
 
+def pidfile_notify_name(pidfile: str) -> str:
+    """The abstract socket name ``daemonkit start --notify`` gives a daemon.
+
+    Derived from the pidfile's path, so that ``daemonkit reload --notify``
+    can listen on the same address later and hear ``RELOADING=1``/``READY=1``.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(os.path.abspath(pidfile).encode()).hexdigest()[:24]
+    return f"daemonkit/notify/{digest}"
+
+
 class NotifySocketReceiver:
     """The service manager's side of sd_notify, for a launcher.
 
@@ -187,11 +200,17 @@ class NotifySocketReceiver:
     ``senders`` records the pid of each message's sender (``SO_PASSCRED``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        name = f"daemonkit/notify/{os.getpid()}/{os.urandom(6).hex()}"
-        self._sock.bind(b"\0" + name.encode())
+        name = name or f"daemonkit/notify/{os.getpid()}/{os.urandom(6).hex()}"
+        try:
+            self._sock.bind(b"\0" + name.encode())
+        except OSError as exc:
+            self._sock.close()
+            raise NotifyError(
+                exc.errno, f"cannot listen for notifications on @{name}: {exc.strerror}"
+            ) from exc
         self.address = "@" + name
         self.senders: list[int] = []
         self._pidfd: int | None = None
