@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from . import _posix
-from ._activation import activated_fd_numbers
+from ._activation import activated_fd_numbers, inherited_lock_fds
 from .errors import (
     ConfigurationError,
     DirectoryError,
@@ -236,7 +236,11 @@ def build_plan(context: DaemonContext) -> Plan:
     plan.owner = resolve_owner(context.uid, context.gid, bool(context.initgroups))
     plan.signals = resolve_signal_map(context.signal_map, context)
     plan.activated = activated_fd_numbers()  # socket activation: kept open
-    plan.preserved = preserved_descriptors(context.files_preserve) | set(plan.activated)
+    plan.preserved = (
+        preserved_descriptors(context.files_preserve)
+        | set(plan.activated)
+        | set(inherited_lock_fds())  # the lock `daemonkit start` holds for us
+    )
     if plan.detach:
         _warn_if_threaded()
     plan.streams = resolve_streams(

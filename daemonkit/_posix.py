@@ -278,6 +278,10 @@ def detach_decision() -> tuple[bool, str]:
     """
     if os.getpid() == 1:
         return False, "process is PID 1 (container init)"
+    from ._activation import made_by_daemonkit
+
+    if made_by_daemonkit():
+        return False, "already a daemon, made by the daemonkit command"
     ppid = os.getppid()
     if ppid == 1:
         return False, "parent is init (PID 1)"

@@ -107,6 +107,7 @@ def _context(args: argparse.Namespace, detach: bool) -> Any:
 
 def _launch(args: argparse.Namespace, detach: bool) -> int:
     """``start`` and ``run``: set the process up through DaemonContext, then exec."""
+    from ._activation import handed_down_environment
     from .errors import AlreadyRunningError, ConfigurationError, DaemonError
 
     command = _command(args)
@@ -141,8 +142,13 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
     except DaemonError as exc:
         _say(args, str(exc))
         return 1
+    lock_fd = None
     if context.pidfile is not None:
-        os.set_inheritable(context.pidfile.fileno(), True)  # the program keeps the lock
+        lock_fd = context.pidfile.fileno()
+        os.set_inheritable(lock_fd, True)  # the program keeps the lock
+    # A program that uses DaemonContext itself must neither detach again nor
+    # close the lock: tell it (for this pid only) that it is a daemon already.
+    environment.update(handed_down_environment(os.getpid(), lock_fd))
     try:
         os.execve(executable, command, environment)
     except OSError as exc:

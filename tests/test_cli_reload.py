@@ -68,3 +68,51 @@ def test_reload_notify_of_a_daemon_that_never_confirms(daemons: Daemons, tmp_pat
     assert reload.returncode == 1
     assert "exited while reloading" in reload.stderr
     assert reload.elapsed < 10
+
+
+def test_a_daemoncontext_program_under_start_is_already_the_daemon(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """A program using DaemonContext, started by `daemonkit start`, does not detach
+    again and keeps the pidfile lock; a child merely inheriting the variable would."""
+    program = tmp_path / "ctx.py"
+    report = tmp_path / "ctx.json"
+    program.write_text(
+        "import json, os, sys, time, daemonkit\n"
+        "from daemonkit import _posix\n"
+        "with daemonkit.DaemonContext(wait_ready=True):\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        json.dump({'child': _posix.detach_decision()[0]},\n"
+        "                  open(sys.argv[1] + '.child', 'w'))\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(child, 0)\n"
+        "    json.dump({'pid': os.getpid()}, open(sys.argv[1], 'w'))\n"
+        "    daemonkit.ready()\n"
+        "    while True:\n"
+        "        time.sleep(0.05)\n"
+    )
+    pidfile = str(tmp_path / "ctx.pid")
+    start = daemons.run(
+        daemonkit(
+            "start",
+            "--notify",
+            "--pidfile",
+            pidfile,
+            "--",
+            sys.executable,
+            str(program),
+            str(report),
+        )
+    )
+    assert start.returncode == 0, start.stderr
+    pid = int(Path(pidfile).read_text())
+    daemons.track(pid)
+    import json
+
+    assert json.loads(report.read_text())["pid"] == pid  # no second detach
+    assert json.loads(Path(f"{report}.child").read_text())["child"] is True
+    status = daemons.run(daemonkit("status", "--pidfile", pidfile))
+    assert status.returncode == 0, status.stdout  # the lock survived its DaemonContext
+    assert daemons.run(daemonkit("stop", "--pidfile", pidfile)).returncode == 0
+    assert wait_gone(pid, 5)

@@ -21,6 +21,7 @@ from conftest import PROJECT_DIR, Daemons, is_alive, stop, wait_gone
 EXAMPLES = PROJECT_DIR / "examples"
 ECHO_SERVER = EXAMPLES / "echo_server.py"
 RUN_EXAMPLE = EXAMPLES / "run_example.sh"
+WALKTHROUGH = EXAMPLES / "walkthrough.sh"
 
 
 def free_port() -> int:
@@ -134,6 +135,39 @@ def test_run_example_script(echo_daemons: Daemons, tmp_path: Path) -> None:
     daemon_pid = int(match.group(1))
     assert not is_alive(daemon_pid), "run_example.sh left its daemon running"
     assert not list(tmp_path.iterdir()), "run_example.sh left its work directory"
+
+
+def test_walkthrough_script(daemons: Daemons, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    try:
+        result = subprocess.run(
+            ["bash", str(WALKTHROUGH)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=45,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"walkthrough.sh did not finish within 45 s; output: {exc.stdout!r}")
+    output = result.stdout
+    match = re.search(r"pidfile: .* -> pid (\d+)", output)
+    if match:
+        daemons.track(int(match.group(1)))
+    assert result.returncode == 0, output + result.stderr
+    assert "OK: every check passed" in output
+    assert "FAILED" not in output + result.stderr
+    assert "$ daemonkit start --pidfile $DIR/echo.pid --notify" in output
+    assert "exit status 0 after " in output
+    assert match, output
+    pid = match.group(1)
+    assert f"| running (pid {pid}, up " in output
+    assert '"state": "running"' in output
+    assert "| hello from walkthrough.sh" in output
+    assert f"| daemonkit: stopped (pid {pid}, " in output
+    assert "| not running\n   ok: exit status 3" in output
+    assert not is_alive(int(pid)), "walkthrough.sh left its daemon running"
+    assert not list(tmp_path.iterdir()), "walkthrough.sh left its work directory"
 
 
 def test_echo_server_starts_echoes_and_stops(echo_daemons: Daemons, tmp_path: Path) -> None:
