@@ -24,20 +24,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 server="$here/echo_server.py"
 startup_delay=0.3 # seconds the daemon pretends to need before it listens
 
-failures=0
-say() { printf '%s\n' "$*"; }
-step() { printf '\n-- %s\n' "$*"; }
-ok() { printf '   ok: %s\n' "$*"; }
-bad() {
-    printf '   FAILED: %s\n' "$*" >&2
-    failures=$((failures + 1))
-}
-die() {
-    printf 'run_example.sh: %s\n' "$*" >&2
-    exit 1
-}
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-indent() { sed 's/^/   | /'; }
+SCRIPT_NAME=run_example.sh
+# shellcheck source=examples/_lib.sh
+source "$here/_lib.sh"
 
 # Field N (1-based, as in proc(5)) of /proc/PID/stat; empty if PID is gone.
 # The command name (field 2) may contain spaces and parentheses, so the

@@ -20,20 +20,9 @@ PYTHON=${PYTHON:-python3}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 server="$here/echo_server.py" # absolute: the daemon's working directory is /
 
-failures=0
-say() { printf '%s\n' "$*"; }
-step() { printf '\n-- %s\n' "$*"; }
-ok() { printf '   ok: %s\n' "$*"; }
-bad() {
-    printf '   FAILED: %s\n' "$*" >&2
-    failures=$((failures + 1))
-}
-die() {
-    printf 'walkthrough.sh: %s\n' "$*" >&2
-    exit 1
-}
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-indent() { sed 's/^/   | /'; }
+SCRIPT_NAME=walkthrough.sh
+# shellcheck source=examples/_lib.sh
+source "$here/_lib.sh"
 
 # Print a command as a user would type it ("daemonkit" for "$PYTHON -m
 # daemonkit", "python" for "$PYTHON", the work directory as $DIR), then run it; its exit status is

@@ -115,6 +115,24 @@ class Daemons:
         path.write_text(SCRIPT_PRELUDE + textwrap.dedent(body))
         return path
 
+    def script_command(self, body: str) -> tuple[list[str], Path]:
+        """The command that runs ``body`` as a daemon script (arguments may be
+        appended), and where its report will be."""
+        script = self.script(body)
+        return [sys.executable, str(script), str(self.report_path())], self.report_path()
+
+    def launcher_and_daemon(
+        self, launch: Launch, report: Path
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The launcher's facts (``REPORT.launcher``) and the with body's; pids tracked."""
+        launcher = read_json(Path(f"{report}.launcher"))
+        self.track(launcher["pid"])
+        try:
+            body = self.read_report(report)
+        except pytest.fail.Exception:
+            pytest.fail(f"no report; the launcher exited {launch.returncode}: {launch.stderr!r}")
+        return launcher, body
+
     def report_path(self) -> Path:
         return self.tmp_path / f"report_{self.count}.json"
 

@@ -54,19 +54,12 @@ def run(daemons: Daemons, command: list[str], *, stdin: Any = subprocess.DEVNULL
 
 def prepare(daemons: Daemons) -> tuple[list[str], Path]:
     """The command that runs DETECT_BODY (keywords to append) and its report."""
-    script = daemons.script(DETECT_BODY)
-    report = daemons.report_path()
-    return [sys.executable, str(script), str(report)], report
+    return daemons.script_command(DETECT_BODY)
 
 
 def outcome(daemons: Daemons, launch: Launch, report: Path) -> tuple[dict[str, Any], ...]:
     """The launcher's facts, the with body's facts (pid tracked), the debug log."""
-    launcher = read_json(Path(f"{report}.launcher"))
-    daemons.track(launcher["pid"])
-    try:
-        body = daemons.read_report(report)
-    except pytest.fail.Exception:
-        pytest.fail(f"no report; launcher exited {launch.returncode}: {launch.stderr!r}")
+    launcher, body = daemons.launcher_and_daemon(launch, report)
     return launcher, body, {"log": Path(f"{report}.log").read_text()}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemons, Launch, is_alive, read_json, stop
+from conftest import Daemons, Launch, is_alive, stop
 
 # Variables a service manager may have put into the test runner's own
 # environment: never let them leak into the children under test.
@@ -552,20 +552,12 @@ with daemonkit.DaemonContext(**kwargs):
 
 def service(daemons: Daemons) -> tuple[list[str], Path]:
     """The command that runs SERVICE_BODY (keywords to append) and its report."""
-    script = daemons.script(SERVICE_BODY)
-    report = daemons.report_path()
-    return [sys.executable, str(script), str(report)], report
+    return daemons.script_command(SERVICE_BODY)
 
 
 def reports(daemons: Daemons, launch: Launch, report: Path) -> tuple[dict[str, Any], ...]:
     """The launching process's facts and the with body's facts (pids tracked)."""
-    launcher = read_json(Path(f"{report}.launcher"))
-    daemons.track(launcher["pid"])
-    try:
-        body = daemons.read_report(report)
-    except pytest.fail.Exception:
-        pytest.fail(f"no report; the launcher exited {launch.returncode}: {launch.stderr!r}")
-    return launcher, body
+    return daemons.launcher_and_daemon(launch, report)
 
 
 @pytest.mark.parametrize("wait_ready", [True, False], ids=["wait_ready", "no-wait_ready"])
