@@ -252,6 +252,33 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture
+def systemd_python(tmp_path: Path) -> list[str]:
+    """A Python interpreter whose process name (comm) is ``systemd``.
+
+    ``comm`` is the name of the executed file, so a copy of the interpreter
+    named ``systemd`` is, to the kernel, a process called systemd: a
+    stand-in service manager for the "started by systemd" decisions.
+    """
+    import shutil
+
+    copy = tmp_path / "bin" / "systemd"
+    copy.parent.mkdir()
+    shutil.copy2(os.path.realpath(sys.executable), copy)
+    detail = ""
+    for prefix in ([], ["env", f"PYTHONHOME={sys.base_prefix}"]):
+        check = subprocess.run(
+            [*prefix, str(copy), "-c", "print(open('/proc/self/comm').read().strip())"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check.returncode == 0 and check.stdout.strip() == "systemd":
+            return [*prefix, str(copy)]
+        detail = check.stderr.strip()[-300:]
+    pytest.skip(f"a copy of {sys.executable} does not run: {detail}")
+
+
 def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
     """Signal ``pid`` and wait for it to be gone."""
     try:

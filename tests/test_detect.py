@@ -116,28 +116,6 @@ def test_stdin_socket(daemons: Daemons, kwargs: str, detaches: bool) -> None:
             assert "daemonkit: no detach: stdin is a socket" in log["log"]
 
 
-@pytest.fixture
-def systemd_python(tmp_path: Path) -> list[str]:
-    """A Python interpreter whose process name (comm) is ``systemd``.
-
-    ``comm`` is the name of the executed file, so a copy of the interpreter
-    named ``systemd`` is, to the kernel, a process called systemd.
-    """
-    copy = tmp_path / "bin" / "systemd"
-    copy.parent.mkdir()
-    shutil.copy2(os.path.realpath(sys.executable), copy)
-    for prefix in ([], ["env", f"PYTHONHOME={sys.base_prefix}"]):
-        check = subprocess.run(
-            [*prefix, str(copy), "-c", "print(open('/proc/self/comm').read().strip())"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if check.returncode == 0 and check.stdout.strip() == "systemd":
-            return [*prefix, str(copy)]
-    pytest.skip(f"a copy of {sys.executable} does not run: {check.stderr.strip()[-300:]}")
-
-
 # Runs its arguments as a child (without passing PYTHONHOME on) and waits.
 SPAWN = (
     "import os, subprocess, sys; env = dict(os.environ); env.pop('PYTHONHOME', None);"

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from conftest import PROJECT_DIR, Daemons, wait_gone
-from test_detect import systemd_python  # noqa: F401  (a fixture)
 
 EXAMPLE = PROJECT_DIR / "examples" / "echo_server.py"
 
@@ -45,7 +44,7 @@ with open(result, "w") as out:
 def test_echo_example_as_a_notify_service_with_socket_activation(
     daemons: Daemons,
     tmp_path: Path,
-    systemd_python: list[str],  # noqa: F811
+    systemd_python: list[str],
 ) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))

@@ -110,11 +110,12 @@ def start_echo_server(
     return result, proc.pid, pidfile, log
 
 
-def test_run_example_script(echo_daemons: Daemons, tmp_path: Path) -> None:
+def run_script(script: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run an example script with this interpreter, its work directory under tmp_path."""
     env = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path))
     try:
-        result = subprocess.run(
-            ["bash", str(RUN_EXAMPLE)],
+        return subprocess.run(
+            ["bash", str(script)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -122,7 +123,11 @@ def test_run_example_script(echo_daemons: Daemons, tmp_path: Path) -> None:
             timeout=45,
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"run_example.sh did not finish within 45 s; output: {exc.stdout!r}")
+        pytest.fail(f"{script.name} did not finish within 45 s; output: {exc.stdout!r}")
+
+
+def test_run_example_script(echo_daemons: Daemons, tmp_path: Path) -> None:
+    result = run_script(RUN_EXAMPLE, tmp_path)
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
     assert "OK: every check passed" in output
@@ -138,18 +143,7 @@ def test_run_example_script(echo_daemons: Daemons, tmp_path: Path) -> None:
 
 
 def test_walkthrough_script(daemons: Daemons, tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path))
-    try:
-        result = subprocess.run(
-            ["bash", str(WALKTHROUGH)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=45,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"walkthrough.sh did not finish within 45 s; output: {exc.stdout!r}")
+    result = run_script(WALKTHROUGH, tmp_path)
     output = result.stdout
     match = re.search(r"pidfile: .* -> pid (\d+)", output)
     if match:

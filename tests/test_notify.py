@@ -18,7 +18,6 @@ import select
 import shutil
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -503,26 +502,6 @@ def test_notify_socket_kept_by_default(daemons: Daemons, manager: FakeManager) -
 
 
 # -- ready() under a service manager and under a shell -------------------------------
-
-
-@pytest.fixture
-def systemd_python(tmp_path: Path) -> list[str]:
-    """A Python interpreter whose process name (comm) is ``systemd``."""
-    copy = tmp_path / "bin" / "systemd"
-    copy.parent.mkdir()
-    shutil.copy2(os.path.realpath(sys.executable), copy)
-    check = None
-    for prefix in ([], ["env", f"PYTHONHOME={sys.base_prefix}"]):
-        check = subprocess.run(
-            [*prefix, str(copy), "-c", "print(open('/proc/self/comm').read().strip())"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if check.returncode == 0 and check.stdout.strip() == "systemd":
-            return [*prefix, str(copy)]
-    detail = check.stderr.strip()[-300:] if check else ""
-    pytest.skip(f"a copy of {sys.executable} does not run: {detail}")
 
 
 # Runs its arguments as a child (without passing PYTHONHOME on) and waits.
