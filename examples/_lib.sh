@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the example scripts (sourced, not run): how they print steps and
 # checks, and how they tell whether a process is still there.
 # The sourcing script sets SCRIPT_NAME (for die) before sourcing this file.
@@ -16,3 +17,9 @@ die() {
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 indent() { sed 's/^/   | /'; }
+
+# A TCP port on 127.0.0.1 that is free now: bound to port 0 by the kernel,
+# then released.
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}

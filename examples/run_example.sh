@@ -110,8 +110,7 @@ EOF
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/daemonkit-example.XXXXXX")
 pidfile="$workdir/echo.pid"
 logfile="$workdir/echo.log"
-# A port that is free now: bound to port 0 by the kernel, then released.
-port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 
 say "daemonkit example: a TCP echo daemon"
 say "   python:   $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"

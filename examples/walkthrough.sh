@@ -90,8 +90,7 @@ trap 'exit 143' TERM
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/daemonkit-walkthrough.XXXXXX")
 pidfile="$workdir/echo.pid"
 logfile="$workdir/echo.log"
-# A port that is free now: bound to port 0 by the kernel, then released.
-port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 
 say "daemonkit walk-through: the echo server, started and controlled by the daemonkit command"
 say "   python:   $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"

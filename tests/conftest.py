@@ -37,6 +37,25 @@ def linger(seconds=30.0):
 """
 
 
+# Variables a service manager may have put into the test runner's own
+# environment: never let them leak into the children under test.
+MANAGER_VARIABLES = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without service-manager variables, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if key not in MANAGER_VARIABLES}
+    env.update(extra)
+    return env
+
+
 def start_time(pid: int) -> int | None:
     """The kernel's start time of ``pid`` (clock ticks), None if it is gone."""
     try:
@@ -238,18 +257,29 @@ def daemon_facts(daemons: Daemons, launch: Launch, report: Path) -> dict[str, An
         )
 
 
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory any user may write (tmp_path's parents are root-only)."""
+def _scratch_dir(prefix: str, mode: int | None = None) -> Iterator[Path]:
     import shutil
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="daemonkit-test-"))
-    folder.chmod(0o777)
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    if mode is not None:
+        folder.chmod(mode)
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory any user may write (tmp_path's parents are root-only)."""
+    yield from _scratch_dir("daemonkit-test-", 0o777)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path (a socket path is limited to 107 bytes)."""
+    yield from _scratch_dir("dk-")
 
 
 @pytest.fixture

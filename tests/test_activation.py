@@ -12,19 +12,16 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemons, Launch, daemon_facts, is_alive, stop
+from conftest import Daemons, Launch, clean_env, daemon_facts, is_alive, stop
 
 ACTIVATION_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-MANAGER_VARIABLES = (*ACTIVATION_VARIABLES, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 # argv[1]: JSON {"fds": {target: source}, "listen_pid": "self" | "unset" | text};
 # argv[2:]: the program. Moves each source descriptor to its target number,
@@ -69,23 +66,6 @@ def describe(sock, name=None):
 def environment():
     return {key: os.environ.get(key) for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")}
 """
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without service-manager variables, plus ``extra``."""
-    env = {key: value for key, value in os.environ.items() if key not in MANAGER_VARIABLES}
-    env.update(extra)
-    return env
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path (a socket path is limited to 107 bytes)."""
-    directory = Path(tempfile.mkdtemp(prefix="dk-act-"))
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 class Sockets:

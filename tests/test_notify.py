@@ -15,11 +15,9 @@ import json
 import os
 import queue
 import select
-import shutil
 import socket
 import stat
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -29,18 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemons, Launch, is_alive, stop
-
-# Variables a service manager may have put into the test runner's own
-# environment: never let them leak into the children under test.
-MANAGER_VARIABLES = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-)
+from conftest import Daemons, Launch, clean_env, is_alive, stop
 
 # Sets the variable named by argv[1] to this process's pid, then execs the
 # interpreter with argv[2:]: exec keeps the pid, as systemd's own exec does.
@@ -48,13 +35,6 @@ SELF_PID_EXEC = (
     "import os, sys; os.environ[sys.argv[1]] = str(os.getpid());"
     " os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
 )
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without service-manager variables, plus ``extra``."""
-    env = {key: value for key, value in os.environ.items() if key not in MANAGER_VARIABLES}
-    env.update(extra)
-    return env
 
 
 @dataclass
@@ -171,16 +151,6 @@ class FakeManager:
                 os.close(fd)
             except OSError:
                 pass
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path (a socket path is limited to 107 bytes)."""
-    directory = Path(tempfile.mkdtemp(prefix="dk-notify-"))
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(params=["path", "abstract"])
