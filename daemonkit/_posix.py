@@ -140,15 +140,6 @@ def max_open_files() -> int:
     return int(soft)
 
 
-def fd_is_open(fd: int) -> bool:
-    """True if ``fd`` is an open descriptor of this process."""
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
 def above_stdio(fd: int) -> int:
     """``fd`` itself if it is above 2, else a close-on-exec duplicate that is."""
     if fd > 2:

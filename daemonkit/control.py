@@ -144,17 +144,22 @@ class StopResult:
         return 0 if self.stopped else 1
 
 
-def _open_holder(path: str) -> tuple[int, int] | None:
-    """(pid, pidfd) of the pidfile's live holder, re-checked around pidfd_open."""
+def _open_holder(path: str) -> tuple[ControlStatus, int | None]:
+    """The pidfile's status, and a pidfd of its live holder (None if none).
+
+    The holder is re-checked after ``pidfd_open``, so the pidfd names the
+    process that held the lock, never a process that got its pid later.
+    """
     before = PIDFile(path).holder()
+    found = ControlStatus(path, before)
     if before.state != PIDStatus.RUNNING or before.pid is None:
-        return None
+        return found, None
     pidfd = os.pidfd_open(before.pid)
     after = PIDFile(path).holder()
     if after.state != PIDStatus.RUNNING or after.pid != before.pid:
         os.close(pidfd)
-        return None
-    return before.pid, pidfd
+        return ControlStatus(path, after), None
+    return found, pidfd
 
 
 def _send(pid: int, pidfd: int, sig: int, group: bool) -> None:
@@ -181,17 +186,16 @@ def stop(
     """
     path = os.fspath(pidfile)
     steps = parse_schedule(retry) if retry else [(resolve_signal(sig, "signal"), timeout)]
-    holder = _open_holder(path)
-    if holder is None:
+    found, pidfd = _open_holder(path)
+    if pidfd is None or found.pid is None:
         result = StopResult(None, was_running=False)
-        found = status(path)
         if found.state == PIDStatus.STALE:
             _remove_stale(path)  # as start-stop-daemon --remove-pidfile would
         if found.state not in (PIDStatus.ABSENT, PIDStatus.STALE):
             result.stopped = found.state != PIDStatus.STARTING and found.code != LSB_UNKNOWN
             result.message = found.describe()
         return result
-    pid, pidfd = holder
+    pid = found.pid
     result = StopResult(pid, was_running=True)
     began = time.monotonic()
     poller = select.poll()
@@ -246,11 +250,10 @@ def reload(
     ``timeout`` seconds or dies).
     """
     path = os.fspath(pidfile)
-    found = status(path)
-    holder = _open_holder(path)
-    if holder is None:
+    found, pidfd = _open_holder(path)
+    if pidfd is None or found.pid is None:
         return found
-    pid, pidfd = holder
+    pid = found.pid
     receiver = None
     try:
         if notify:
