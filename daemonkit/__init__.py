@@ -29,6 +29,9 @@ _EXPORTS = {
     "UnknownGroupError": "errors",
     "StreamError": "errors",
     "SignalMapError": "errors",
+    "ThreadsRunningError": "errors",
+    "StopRequest": "signals",
+    "run_async": "_async",
     "DaemonOSEnvironmentError": "errors",
     "PrivilegeError": "errors",
     "DaemonProcessDetachError": "errors",
@@ -51,16 +54,20 @@ __all__ = [
     "PrivilegeError",
     "SignalMapError",
     "StartupError",
+    "StopRequest",
     "StreamError",
+    "ThreadsRunningError",
     "UnknownGroupError",
     "UnknownUserError",
     "__version__",
     "notify",
     "ready",
+    "run_async",
 ]
 
 if TYPE_CHECKING:
     from . import notify
+    from ._async import run_async
     from .app import Daemon
     from .context import DaemonContext
     from .errors import (
@@ -76,11 +83,13 @@ if TYPE_CHECKING:
         SignalMapError,
         StartupError,
         StreamError,
+        ThreadsRunningError,
         UnknownGroupError,
         UnknownUserError,
     )
     from .pidfile import PIDFile
     from .readiness import ready
+    from .signals import StopRequest
 
 
 def __getattr__(name: str) -> object:

@@ -45,6 +45,7 @@ def detach(
     exec_is_ready: bool = False,
     notify: readiness.Receiver | None = None,
     lock: Any = None,
+    mask: set[int] | None = None,
 ) -> None:
     """Fork twice with a new session between; return only in the daemon.
 
@@ -53,6 +54,9 @@ def detach(
     wait, on this receiver, for the program's own sd_notify ``READY=1``
     (``daemonkit start --notify``). ``lock``: the daemon's PIDFile, which
     the launcher removes if the start fails and the daemon is gone.
+    ``mask``: the signal mask to restore in the launcher and the
+    intermediate process; the daemon keeps the signals blocked until its
+    handlers are installed.
     """
     pipes = [_pipe_above_stdio() for _ in range(3)]
     (channel_read, channel_write), (pid_read, pid_write), (hold_read, hold_write) = pipes
@@ -64,6 +68,8 @@ def detach(
                 os.close(fd)
         raise
     if first > 0:
+        if mask is not None:
+            _posix.set_signal_mask(mask)
         for fd in (channel_write, pid_write, hold_read):
             os.close(fd)
         # hold_write stays open until this process exits.
@@ -78,6 +84,8 @@ def detach(
         readiness.report_failure(exc)
         _posix.exit_now(1)
     if second > 0:
+        if mask is not None:
+            _posix.set_signal_mask(mask)
         _stay_until_launcher_leaves(second, pid_write, hold_read, channel_write)
     os.close(pid_write)
     os.close(hold_read)

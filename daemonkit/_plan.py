@@ -10,19 +10,28 @@ while nothing irreversible has happened yet.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 from . import _posix
 from ._activation import activated_fd_numbers, inherited_lock_fds
+from ._logfiles import (
+    LogFiles,
+    handler_descriptor,
+    handler_log_file,
+    logging_handlers,
+    stream_log_path,
+)
 from .errors import (
     ConfigurationError,
     DirectoryError,
     PrivilegeError,
+    ThreadsRunningError,
     UnknownGroupError,
     UnknownUserError,
 )
-from .signals import ResolvedMap, resolve_signal_map
+from .signals import ResolvedMap, resolve_catchable, resolve_signal_map, with_reopen
 from .streams import StreamTargets, file_descriptor, resolve_streams
 
 if TYPE_CHECKING:
@@ -51,6 +60,7 @@ class Plan:
         self.owner: OwnerChange | None = None
         self.signals: ResolvedMap = {}
         self.streams = StreamTargets()
+        self.log_files = LogFiles()
         self.preserved: set[int] = set()
         self.activated: list[int] = []
         self.top_fd = 2
@@ -149,15 +159,6 @@ def resolve_owner(uid: object, gid: object, initgroups: bool) -> OwnerChange | N
     return OwnerChange(target_uid, target_gid, groups)
 
 
-def _handler_descriptor(obj: object) -> int | None:
-    """The descriptor of a logging handler's stream or socket, if it has one."""
-    for attribute in ("stream", "sock", "socket"):
-        inner = getattr(obj, attribute, None)
-        if inner is not None:
-            return file_descriptor(inner)
-    return None
-
-
 def preserved_descriptors(files_preserve: object) -> set[int]:
     """Descriptors named by ``files_preserve`` (ints, file-likes, handlers)."""
     if files_preserve is None:
@@ -175,7 +176,7 @@ def preserved_descriptors(files_preserve: object) -> set[int]:
             )
         fd = file_descriptor(item)
         if fd is None:
-            fd = _handler_descriptor(item)
+            fd = handler_descriptor(item)
         if fd is not None:
             preserved.add(fd)
     return preserved
@@ -187,20 +188,39 @@ def _check_umask(umask: object) -> int:
     return umask
 
 
-def _warn_if_threaded() -> None:
+def _refuse_if_threaded() -> None:
     threading = sys.modules.get("threading")
-    if threading is not None and threading.active_count() > 1:
-        import warnings
-
-        current = threading.current_thread()
-        names = ", ".join(t.name for t in threading.enumerate() if t is not current)
-        warnings.warn(
-            f"DaemonContext.open() with other threads running ({names}): fork copies "
-            "only the calling thread, so they will not exist in the daemon; start "
-            "threads inside the with block",
-            RuntimeWarning,
-            stacklevel=4,
+    if threading is None or threading.active_count() == 1:
+        return
+    current = threading.current_thread()
+    others = [
+        thread.name
+        for thread in threading.enumerate()
+        if thread is not current and not thread.name.startswith("daemonkit-")
+    ]
+    if others:
+        raise ThreadsRunningError(
+            f"DaemonContext.open() with other threads running ({', '.join(others)}): "
+            "fork copies only the calling thread, so they would silently not exist in "
+            "the daemon (and a lock one of them holds would stay locked forever). "
+            "Start threads inside the with block, or pass allow_threads=True if "
+            "losing them is intended"
         )
+
+
+def _log_files(context: DaemonContext, plan: Plan, handlers: list[Any]) -> LogFiles:
+    """What to reopen on rotation: stream paths and logging handlers' files."""
+    files = LogFiles()
+    for fd, value in ((1, context.stdout), (2, context.stderr)):
+        if plan.streams.fds[fd] is not None and plan.streams.fds[fd] != fd:
+            path = stream_log_path(value)
+            if path is not None:
+                files.add(path, fd, plan.chroot_directory)
+    for handler in handlers:
+        found = handler_log_file(handler)
+        if found is not None:
+            files.add(found[0], found[1], plan.chroot_directory)
+    return files
 
 
 def build_plan(context: DaemonContext) -> Plan:
@@ -234,17 +254,30 @@ def build_plan(context: DaemonContext) -> Plan:
     plan.umask = _check_umask(context.umask)
     plan.prevent_core = bool(context.prevent_core)
     plan.owner = resolve_owner(context.uid, context.gid, bool(context.initgroups))
-    plan.signals = resolve_signal_map(context.signal_map, context)
+    signals = resolve_signal_map(context.signal_map, context)
+    reopen_signal = resolve_reopen_signal(context.reopen_signal)
+    handlers = logging_handlers()
     plan.activated = activated_fd_numbers()  # socket activation: kept open
     plan.preserved = (
         preserved_descriptors(context.files_preserve)
+        | preserved_descriptors(handlers)  # logging handlers configured so far
         | set(plan.activated)
         | set(inherited_lock_fds())  # the lock `daemonkit start` holds for us
+        | set(context.stop_requested.descriptors())
     )
-    if plan.detach:
-        _warn_if_threaded()
+    if plan.detach and not context.allow_threads:
+        _refuse_if_threaded()
     plan.streams = resolve_streams(
         {"stdin": context.stdin, "stdout": context.stdout, "stderr": context.stderr}, plan.umask
     )
+    plan.log_files = _log_files(context, plan, handlers)
+    plan.signals = with_reopen(signals, reopen_signal, plan.log_files.reopen)
     plan.top_fd = _posix.highest_open_fd()
     return plan
+
+
+def resolve_reopen_signal(value: object) -> signal.Signals | None:
+    """The ``reopen_signal`` policy: a catchable signal, or None for never."""
+    if value is None:
+        return None
+    return resolve_catchable(value, "reopen_signal")

@@ -92,6 +92,21 @@ def signal_name(signum: int) -> str:
         return str(signum)
 
 
+def block_signals(signals: Iterable[int]) -> set[int]:
+    """Hold back ``signals`` in this thread; returns the previous mask.
+
+    A blocked signal is not lost: it stays pending and is delivered as soon
+    as :func:`set_signal_mask` restores the mask, to whatever handler is
+    installed by then. The mask survives ``fork`` (and ``exec``).
+    """
+    return {int(sig) for sig in signal.pthread_sigmask(signal.SIG_BLOCK, signals)}
+
+
+def set_signal_mask(mask: Iterable[int]) -> None:
+    """Make ``mask`` this thread's set of blocked signals."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 # -- descriptors ------------------------------------------------------------
 
 

@@ -18,21 +18,32 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import _detach, _posix, readiness
 from ._activation import hand_over as hand_over_activation
-from ._plan import Plan, build_plan
-from .signals import default_signal_map, install_signal_map
+from ._logfiles import LogFiles
+from ._plan import Plan, build_plan, resolve_reopen_signal
+from .errors import SignalMapError
+from .signals import (
+    StopRequest,
+    default_signal_map,
+    install_signal_map,
+    resolve_catchable,
+    resolve_signal_map,
+)
 from .streams import redirect_standard_streams
 
 if TYPE_CHECKING:
     from .pidfile import PIDFile
 
 __all__ = ["DaemonContext"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _flush_standard_streams() -> None:
@@ -66,6 +77,25 @@ class DaemonContext:
     ``ready_timeout``
         Seconds the launcher waits for readiness before it stops the daemon
         and exits non-zero (default 90, systemd's start timeout).
+    ``reopen_signal``
+        The signal on which log files are reopened after rotation (default
+        SIGHUP; ``None`` never). The signal map's own handler for it runs
+        right after. Log files are ``stdout``/``stderr`` given as paths (or
+        as file objects opened for append) and the files of ``logging``
+        handlers configured before :meth:`open`, whose descriptors are kept
+        open across the detach without being listed in ``files_preserve``.
+    ``allow_threads``
+        :meth:`open` refuses to detach while other threads run (fork copies
+        only the calling thread, so they would vanish silently); true
+        allows it.
+
+    The signal map is checked when it is given (a bad entry is a
+    :class:`~daemonkit.SignalMapError`, also a ``ValueError``) and can be
+    added to with the :meth:`on_signal` decorator. In the daemon, a handler
+    never runs inside another, and signals that arrive during the setup are
+    delivered once the handlers are installed. :attr:`stop_requested` is set
+    by :meth:`terminate` and :meth:`request_stop`, for threads and loops
+    that wait for the end.
     """
 
     __module__ = "daemonkit"
@@ -89,6 +119,8 @@ class DaemonContext:
         *,
         wait_ready: bool = False,
         ready_timeout: float | None = None,
+        reopen_signal: int | str | None = signal.SIGHUP,
+        allow_threads: bool = False,
     ) -> None:
         self.chroot_directory = chroot_directory
         self.working_directory = working_directory
@@ -103,16 +135,53 @@ class DaemonContext:
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
-        self.signal_map: Mapping[Any, Any] = (
-            default_signal_map() if signal_map is None else signal_map
-        )
+        self.stop_requested = StopRequest()
+        self.signal_map = default_signal_map() if signal_map is None else signal_map
+        resolve_reopen_signal(reopen_signal)  # a bad signal fails here, not at open()
+        self.reopen_signal = reopen_signal
+        self.allow_threads = allow_threads
         self.wait_ready = wait_ready
         self.ready_timeout = ready_timeout
+        self._log_files = LogFiles()
         self._is_open = False
         self._owner_pid: int | None = None
         # Set by daemonkit.cli for ``start``: the daemon will exec a program.
         self._exec_is_ready = False
         self._notify_receiver: Any = None
+
+    @property
+    def signal_map(self) -> Mapping[Any, Any]:
+        """Signals and their handlers (PEP 3143), checked whenever it is set."""
+        return self._signal_map
+
+    @signal_map.setter
+    def signal_map(self, value: Mapping[Any, Any]) -> None:
+        resolve_signal_map(value, self)  # raises SignalMapError naming the entry
+        self._signal_map = value
+
+    def on_signal(self, *signals: int | str) -> Callable[[F], F]:
+        """Decorator: call the function in the daemon when one of ``signals`` arrives.
+
+        ``signals`` are ``signal.Signals``, numbers or names (``"HUP"``).
+        The function takes ``(signum, frame)`` or no argument at all::
+
+            @context.on_signal("HUP")
+            def reload():
+                config.load()
+
+        It is added to (a copy of) :attr:`signal_map`, so the default
+        entries stay unless the function replaces them.
+        """
+        if not signals:
+            raise SignalMapError("on_signal() needs at least one signal, e.g. on_signal('HUP')")
+        resolved = [resolve_catchable(sig, "on_signal") for sig in signals]
+
+        def register(function: F) -> F:
+            handler = _as_signal_handler(function)
+            self.signal_map = {**self.signal_map, **dict.fromkeys(resolved, handler)}
+            return function
+
+        return register
 
     @property
     def is_open(self) -> bool:
@@ -133,28 +202,43 @@ class DaemonContext:
         plan = build_plan(self)
         _log_debug("daemonkit: %s: %s", "detach" if plan.detach else "no detach", plan.reason)
         lock = self._own_pidfile()
+        mask: set[int] | None = None
         try:
             if lock is not None and not lock._holding():
                 # "Already running" is decided here, before anything happens.
                 lock.lock(lock.acquire_timeout)
+            # Signals that arrive from here until the handlers are installed
+            # in the daemon wait (blocked), rather than kill it unhandled.
+            mask = _posix.block_signals(plan.signals)
             _flush_standard_streams()
             if plan.detach:
                 if lock is not None:
                     lock._handing_down = True
-                _detach.detach(self.ready_timeout, self._exec_is_ready, self._notify_receiver, lock)
+                _detach.detach(
+                    self.ready_timeout, self._exec_is_ready, self._notify_receiver, lock, mask
+                )
                 if lock is not None:
                     lock._adopt()
         except BaseException:
+            if mask is not None:
+                _posix.set_signal_mask(mask)
             self._undo_launch(plan, lock)
             raise
         try:
-            self._enter(plan, lock)
+            self._enter(plan, lock, mask)
         except BaseException as exc:
             if readiness.pending():
-                readiness.report_failure(exc)
+                if isinstance(exc, SystemExit):
+                    readiness.report_text(
+                        f"the daemon was told to stop (SystemExit({exc.code!r})) "
+                        "before it was ready"
+                    )
+                else:
+                    readiness.report_failure(exc)
                 if lock is not None and lock._holding():
                     lock.release()  # a failed start leaves no pidfile behind
                 _posix.exit_now(1)
+            _posix.set_signal_mask(mask)
             self._undo_launch(plan, lock)
             raise
         self._is_open = True
@@ -191,7 +275,7 @@ class DaemonContext:
                 f"ready_timeout must be a positive number of seconds, not {timeout!r}"
             )
 
-    def _enter(self, plan: Plan, lock: PIDFile | None) -> None:
+    def _enter(self, plan: Plan, lock: PIDFile | None, mask: Iterable[int]) -> None:
         """The daemon's side of the sequence, in the order that is safe."""
         if plan.detach:
             hand_over_activation(plan.activated)  # $LISTEN_PID now names the daemon
@@ -200,7 +284,7 @@ class DaemonContext:
             # so the file can be removed or emptied at exit all the same.
             lock.write_pid()
         plan.streams.open_null()
-        keep = plan.preserved | set(plan.streams.keep())
+        keep = plan.preserved | set(plan.streams.keep()) | set(self.stop_requested.descriptors())
         if lock is not None:
             keep.add(lock.fileno())
         channel = readiness.channel_fd()
@@ -222,10 +306,12 @@ class DaemonContext:
         if plan.owner is not None:
             owner = plan.owner
             _posix.drop_privileges(owner.uid, owner.gid, owner.groups)
+        self._log_files = plan.log_files
         install_signal_map(plan.signals)
         if self.pidfile is not None and lock is None:
             self.pidfile.__enter__()  # a lockfile-style object, as python-daemon does
         redirect_standard_streams(plan.streams)
+        _posix.set_signal_mask(mask)  # signals held back so far are handled now
 
     def close(self) -> None:
         """Leave the daemon context: release the pidfile. Idempotent.
@@ -260,8 +346,61 @@ class DaemonContext:
     def terminate(self, signal_number: int, stack_frame: FrameType | None) -> NoReturn:
         """Signal handler for SIGTERM: a requested, clean shutdown.
 
-        Raises ``SystemExit(0)``, so ``finally`` blocks and ``__exit__`` run
-        (and release the pidfile) and the exit status says nothing failed.
+        Sets :attr:`stop_requested` (for other threads) and raises
+        ``SystemExit(0)`` in the main thread, so ``finally`` blocks and
+        ``__exit__`` run (and release the pidfile) and the exit status says
+        nothing failed. Under :func:`daemonkit.run_async` it cancels the
+        main task instead.
         """
+        self.stop_requested.set()
         _log_debug("daemonkit: terminating on signal %s", _posix.signal_name(signal_number))
         raise SystemExit(0)
+
+    def request_stop(self, signal_number: int = 0, stack_frame: FrameType | None = None) -> None:
+        """Signal handler that only sets :attr:`stop_requested`.
+
+        For a main loop that winds down by itself: map SIGTERM to
+        ``"request_stop"`` and have the loop wait on ``stop_requested``.
+        """
+        self.stop_requested.set()
+
+    def reopen_log_files(
+        self, signal_number: int = 0, stack_frame: FrameType | None = None
+    ) -> list[str]:
+        """Point log files at fresh files of the same paths (after rotation).
+
+        Runs on :attr:`reopen_signal` by itself; call it directly, or map a
+        signal to ``"reopen_log_files"``, to reopen at other times. Returns
+        the problems met (a file that cannot be opened keeps the old one).
+        """
+        return self._log_files.reopen()
+
+
+def _as_signal_handler(function: Callable[..., Any]) -> Callable[[int, FrameType | None], Any]:
+    """``function`` as a ``(signum, frame)`` handler; it may take no argument."""
+    if not callable(function):
+        raise SignalMapError(f"on_signal: {function!r} is not callable")
+    import inspect
+
+    try:
+        parameters = inspect.signature(function)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return function
+    try:
+        parameters.bind(0, None)
+        return function
+    except TypeError:
+        pass
+    try:
+        parameters.bind()
+    except TypeError:
+        raise SignalMapError(
+            f"on_signal: {getattr(function, '__qualname__', function)!r} must take "
+            "(signum, frame) or no argument"
+        ) from None
+
+    def call_without_arguments(signum: int, frame: FrameType | None) -> Any:
+        return function()
+
+    call_without_arguments.__qualname__ = getattr(function, "__qualname__", "handler")
+    return call_without_arguments

@@ -11,6 +11,7 @@ thing that is wrong and what to do about it::
      |    +-- UnknownGroupError                 no such group (name or gid)
      |    +-- StreamError                       stdin/stdout/stderr unusable
      |    +-- SignalMapError                    a signal_map entry is invalid
+     |    +-- ThreadsRunningError               other threads run at open() (see allow_threads)
      +-- DaemonOSEnvironmentError (also OSError; python-daemon's name)
      |    +-- PrivilegeError                    the change needs privileges we lack
      +-- DaemonProcessDetachError (also OSError; python-daemon's name)
@@ -40,6 +41,7 @@ __all__ = [
     "SignalMapError",
     "StartupError",
     "StreamError",
+    "ThreadsRunningError",
     "UnknownGroupError",
     "UnknownUserError",
 ]
@@ -71,6 +73,10 @@ class StreamError(ConfigurationError):
 
 class SignalMapError(ConfigurationError):
     """A ``signal_map`` key or value cannot be installed."""
+
+
+class ThreadsRunningError(ConfigurationError):
+    """Other threads run while detaching (they would not exist in the daemon)."""
 
 
 class DaemonOSEnvironmentError(DaemonError, OSError):

@@ -1,16 +1,27 @@
-"""Signal maps: resolve them where errors can be seen, install them in the daemon.
+"""Signal maps: resolve them where errors can be seen, run them safely in the daemon.
 
 A ``signal_map`` (PEP 3143) maps signals to handlers. Keys may be
 ``signal.Signals``, ints or names (``"SIGHUP"``, ``"HUP"``, any case); values
 may be callables, ``None`` (ignore), ``signal.SIG_DFL``/``signal.SIG_IGN`` or
-the name of a method of the context (``"terminate"``). Resolution happens in
-the launching process so a typo fails before the fork, not silently in the
+the name of a method of the context (``"terminate"``). Resolution happens
+when the map is given (and again in the launching process before the fork),
+so a typo is a ``ValueError`` the user sees, not a silent failure in the
 daemon.
+
+In the daemon, Python-level handlers are run by one :class:`Dispatcher`:
+a handler never runs inside another (a signal that arrives meanwhile is
+queued and handled right after), and signals that arrive during the
+daemon's setup are held back (blocked) until the handlers are installed,
+then delivered, not lost. :class:`StopRequest` is a flag with a self-pipe
+that threads and event loops can wait on.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import signal
+from collections import deque
 from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, TypeAlias
@@ -19,6 +30,7 @@ from .errors import SignalMapError
 
 Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 ResolvedMap = dict[signal.Signals, Handler]
+Callback: TypeAlias = Callable[[int, FrameType | None], Any]
 
 UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 
@@ -61,6 +73,14 @@ def resolve_signal(key: object, label: str = "signal_map") -> signal.Signals:
     return sig
 
 
+def resolve_catchable(key: object, label: str) -> signal.Signals:
+    """Like :func:`resolve_signal`, refusing SIGKILL and SIGSTOP."""
+    sig = resolve_signal(key, label)
+    if sig in UNCATCHABLE:
+        raise SignalMapError(f"{label}: {sig.name} cannot be caught or ignored")
+    return sig
+
+
 def resolve_signal_map(signal_map: Mapping[Any, Any] | None, context: object) -> ResolvedMap:
     """Validate ``signal_map`` and turn every entry into an installable handler."""
     resolved: ResolvedMap = {}
@@ -69,14 +89,13 @@ def resolve_signal_map(signal_map: Mapping[Any, Any] | None, context: object) ->
     if not isinstance(signal_map, Mapping):
         raise SignalMapError(f"signal_map must be a mapping, not {type(signal_map).__name__}")
     for key, value in signal_map.items():
-        sig = resolve_signal(key)
-        if sig in UNCATCHABLE:
-            raise SignalMapError(f"signal_map: {sig.name} cannot be caught or ignored")
-        resolved[sig] = _resolve_handler(sig, value, context)
+        sig = resolve_catchable(key, "signal_map")
+        resolved[sig] = resolve_handler(sig, value, context)
     return resolved
 
 
-def _resolve_handler(sig: signal.Signals, value: object, context: object) -> Handler:
+def resolve_handler(sig: signal.Signals, value: object, context: object) -> Handler:
+    """An installable handler for one map value (see the module docstring)."""
     if value is None:
         return signal.SIG_IGN
     if isinstance(value, signal.Handlers):
@@ -103,7 +122,200 @@ def _resolve_handler(sig: signal.Signals, value: object, context: object) -> Han
     )
 
 
-def install_signal_map(resolved: ResolvedMap) -> None:
-    """Install every handler of an already resolved map."""
+class ReopenThen:
+    """The handler of the reopen signal: reopen log files, then the map's handler."""
+
+    def __init__(self, reopen: Callable[[], object], then: Callback | None) -> None:
+        self.reopen = reopen
+        self.then = then
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        self.reopen()
+        if self.then is not None:
+            return self.then(signum, frame)
+        return None
+
+
+def with_reopen(
+    resolved: ResolvedMap, reopen_signal: signal.Signals | None, reopen: Callable[[], object]
+) -> ResolvedMap:
+    """``resolved`` with log files reopened on ``reopen_signal`` first.
+
+    The map's own handler for that signal still runs after the reopening
+    when it is a callable; an explicit ``SIG_DFL`` in the map wins (the
+    signal then does what it does by default, no reopening).
+    """
+    if reopen_signal is None:
+        return resolved
+    current = resolved.get(reopen_signal)
+    if current == signal.SIG_DFL and reopen_signal in resolved:
+        return resolved
+    then = current if callable(current) else None
+    return {**resolved, reopen_signal: ReopenThen(reopen, then)}
+
+
+class StopRequest:
+    """A flag that says "stop was requested", with a pipe to wait on.
+
+    Setting it from a signal handler is safe (no lock is taken, unlike
+    ``threading.Event``, whose lock a handler could find held by the very
+    thread it interrupted). Any number of threads can :meth:`wait`;
+    :meth:`fileno` is readable once it is set, for ``select`` loops and
+    ``loop.add_reader``.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._pipe: tuple[int, int] | None = None
+
+    def is_set(self) -> bool:
+        """True once a stop was requested."""
+        return self._set
+
+    def set(self) -> None:
+        """Request the stop and wake every waiter."""
+        self._set = True
+        pipe = self._pipe
+        if pipe is not None:
+            try:
+                os.write(pipe[1], b"!")
+            except OSError:  # pragma: no cover - a full pipe is readable anyway
+                pass
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when the stop is requested."""
+        pipe = self._pipe
+        if pipe is None:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            if self._pipe is None:
+                self._pipe = pipe = (read_end, write_end)
+            else:  # pragma: no cover - another thread made one meanwhile
+                os.close(read_end)
+                os.close(write_end)
+                pipe = self._pipe
+            if self._set:  # set() ran before the pipe existed
+                self.set()
+        return pipe[0]
+
+    def descriptors(self) -> list[int]:
+        """The pipe's descriptors, if it was made (kept open across the detach)."""
+        return list(self._pipe or ())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the stop is requested or ``timeout`` passes; returns :meth:`is_set`."""
+        if self._set:
+            return True
+        fd = self.fileno()
+        if not self._set:
+            select.select([fd], [], [], timeout)
+        return self._set
+
+    def __bool__(self) -> bool:
+        return self._set
+
+    def __repr__(self) -> str:
+        return f"<StopRequest {'set' if self._set else 'not set'}>"
+
+
+class Dispatcher:
+    """Runs the daemon's Python signal handlers, one at a time.
+
+    Each signal mapped to a callable gets a :class:`Dispatched` as its
+    Python-level handler. A signal that arrives while a handler runs (Python
+    would run the second handler inside the first) is queued and its
+    handler runs right after; one that arrives again before its handler ran
+    is handled once, as the kernel would coalesce it too.
+    """
+
+    def __init__(self, handlers: dict[int, Callback]) -> None:
+        self.handlers = handlers
+        self._queue: deque[int] = deque()
+        self._running = False
+
+    def dispatch(self, signum: int, frame: FrameType | None) -> None:
+        if signum not in self._queue:
+            self._queue.append(signum)
+        if self._running:
+            return  # the running handler's loop picks it up
+        while self._queue:
+            self._running = True
+            try:
+                while self._queue:
+                    queued = self._queue.popleft()
+                    handler = self.handlers.get(queued)
+                    if handler is not None:
+                        _check_result(handler, handler(queued, frame))
+            finally:
+                self._running = False
+
+    def install(self) -> None:
+        """(Re)install this dispatcher as the handler of its signals."""
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, Dispatched(self, handler))
+
+
+class Dispatched:
+    """The installed handler of one signal: runs ``handler`` through the dispatcher.
+
+    It compares equal to ``handler`` (and forwards attribute lookups to it),
+    so that ``signal.getsignal(SIGTERM) == context.terminate`` holds as it
+    does with python-daemon; ``__wrapped__`` is the handler itself.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, handler: Callback) -> None:
+        self.dispatcher = dispatcher
+        self.__wrapped__ = handler
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.dispatcher.dispatch(signum, frame)
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or bool(self.__wrapped__ == other)
+
+    def __hash__(self) -> int:
+        return hash(self.__wrapped__)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
+
+    def __repr__(self) -> str:
+        return f"<daemonkit signal handler {self.__wrapped__!r}>"
+
+
+def _check_result(handler: Callback, result: object) -> None:
+    """A coroutine handler outside an event loop would silently never run: say so."""
+    close = getattr(result, "close", None)
+    if hasattr(result, "__await__") and close is not None:
+        close()
+        name = getattr(handler, "__qualname__", repr(handler))
+        message = (
+            f"daemonkit: signal handler {name} is a coroutine function; it runs only "
+            "under daemonkit.run_async()\n"
+        )
+        try:
+            os.write(2, message.encode())
+        except OSError:
+            pass
+
+
+_active: Dispatcher | None = None
+
+
+def active_dispatcher() -> Dispatcher | None:
+    """The dispatcher the daemon installed, if any (for the asyncio bridge)."""
+    return _active
+
+
+def install_signal_map(resolved: ResolvedMap) -> Dispatcher:
+    """Install every handler of an already resolved map; callables via a Dispatcher."""
+    global _active
+    callbacks: dict[int, Callback] = {}
     for sig, handler in resolved.items():
-        signal.signal(sig, handler)
+        if callable(handler) and not isinstance(handler, int):
+            callbacks[sig] = handler
+        else:
+            signal.signal(sig, handler)
+    dispatcher = Dispatcher(callbacks)
+    dispatcher.install()
+    _active = dispatcher
+    return dispatcher

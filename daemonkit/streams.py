@@ -5,6 +5,11 @@ PEP 3143 gives ``stdin``/``stdout``/``stderr`` as file objects (or None for
 reading). Paths are opened in the launching process, before any fork, so that
 a missing directory, a permission problem or a read-only filesystem is
 reported where the user can see it, naming the file.
+
+Under systemd, a ``stdout``/``stderr`` left at ``None`` that is connected to
+the journal (``$JOURNAL_STREAM`` names its device and inode) stays connected
+to it instead of going to ``/dev/null``, so the daemon's tracebacks and
+prints reach ``journalctl``.
 """
 
 from __future__ import annotations
@@ -74,6 +79,19 @@ def file_descriptor(obj: object) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
+def connected_to_journal(fd: int) -> bool:
+    """True if ``fd`` is the journal stream systemd gave this service."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        status = os.fstat(fd)
+    except OSError:
+        return False
+    return (status.st_dev, status.st_ino) == (int(device), int(inode))
+
+
 def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
     if name == "stdin":
         flags, mode = os.O_RDONLY, 0
@@ -120,6 +138,8 @@ def resolve_streams(policies: dict[str, Any], umask: int) -> StreamTargets:
         for index, name in enumerate(STREAM_NAMES):
             value = policies[name]
             if value is None:
+                if index > 0 and connected_to_journal(index):
+                    targets.fds[index] = index  # stays with the journal
                 continue
             if isinstance(value, (str, os.PathLike)):
                 path = os.fsdecode(os.fspath(value))

@@ -45,15 +45,24 @@ def _fd_targets() -> dict[str, str]:
     return targets
 
 
+def _handler_name(handler: Any) -> str:
+    if hasattr(handler, "reopen"):  # daemonkit's reopen-then-handler chain
+        then = handler.then
+        return "reopen" if then is None else "reopen+" + _handler_name(then)
+    return getattr(handler, "__name__", repr(handler))
+
+
 def _disposition(name: str) -> str:
-    handler = signal.getsignal(getattr(signal, name))
+    signum = getattr(signal, name)
+    handler = signal.getsignal(signum)
     if handler == signal.SIG_IGN:
         return "ignore"
     if handler == signal.SIG_DFL:
         return "default"
     if handler is None:
         return "none"
-    return getattr(handler, "__name__", repr(handler))
+    # daemonkit's dispatcher wraps the handler it runs
+    return _handler_name(getattr(handler, "__wrapped__", handler))
 
 
 def collect() -> dict[str, Any]:

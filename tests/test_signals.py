@@ -172,6 +172,7 @@ def test_default_dispositions(daemons: Daemons) -> None:
         "SIGTTIN": "ignore",
         "SIGTTOU": "ignore",
         "SIGTERM": "terminate",
+        "SIGHUP": "reopen",  # log files are reopened; SIGHUP does not kill
     }
     ignored, caught = kernel_dispositions(data["pid"])
     assert {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU} <= ignored
@@ -213,7 +214,7 @@ def test_custom_signal_map(daemons: Daemons, tmp_path: Path, hup_key: str) -> No
     # default one (as in python-daemon), so SIGTERM and SIGTSTP stay as they were.
     assert data["signals"] == {
         **launcher["signals"],
-        "SIGHUP": "on_signal",
+        "SIGHUP": "reopen+on_signal",
         "SIGUSR1": "ignore",
         "SIGINT": "terminate",
     }

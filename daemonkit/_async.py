@@ -1,0 +1,115 @@
+"""asyncio main loops in a daemon: the signal map, bridged to the event loop.
+
+``daemonkit.run_async(main())`` is ``asyncio.run`` for a daemon. While the
+loop runs, every signal the daemon handles in Python is delivered through
+``loop.add_signal_handler`` instead, so its handler runs as a loop callback
+(never inside another, free to touch loop objects; a handler may also be a
+coroutine function, whose coroutine is run as a task). A handler that asks
+the process to exit (``terminate``, the default for SIGTERM, raises
+``SystemExit``) cancels the main task instead: the coroutine's ``finally``
+blocks and ``async with`` exits run, the loop is shut down cleanly, and only
+then is the ``SystemExit`` raised, so the daemon leaves its context and exits
+with the status asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from .signals import Callback, active_dispatcher
+
+__all__ = ["run_async"]
+
+T = TypeVar("T")
+
+
+class _Bridge:
+    """Routes the daemon's signals to the running loop while it runs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any]) -> None:
+        self.loop = loop
+        self.main = main
+        self.exit: SystemExit | None = None
+        dispatcher = active_dispatcher()
+        self.handlers: dict[int, Callback] = dict(dispatcher.handlers) if dispatcher else {}
+        if not self.handlers:  # outside a DaemonContext: SIGTERM still ends it cleanly
+            self.handlers[signal.SIGTERM] = _exit_cleanly
+
+    def install(self) -> None:
+        for signum in self.handlers:
+            self.loop.add_signal_handler(signum, self.fire, signum)
+
+    def uninstall(self) -> None:
+        for signum in self.handlers:
+            self.loop.remove_signal_handler(signum)
+        dispatcher = active_dispatcher()
+        if dispatcher is not None:
+            dispatcher.install()  # remove_signal_handler left SIG_DFL behind
+
+    def fire(self, signum: int) -> None:
+        try:
+            result = self.handlers[signum](signum, None)
+        except SystemExit as exc:
+            if self.exit is None:
+                self.exit = exc
+            self.main.cancel()
+            return
+        if asyncio.iscoroutine(result):
+            self.loop.create_task(result)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def run_async(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
+    """Run the coroutine ``main`` on a new event loop, with the daemon's signals.
+
+    Use it inside the ``with DaemonContext(...)`` block (the handlers come
+    from its signal map; outside one, SIGTERM alone is handled, the same
+    way). SIGTERM cancels ``main`` and, once it has finished and the loop
+    is closed, raises ``SystemExit(0)``. ``daemonkit.ready()`` can be
+    called from the coroutine (it does not block). Must be called from the
+    main thread, as ``asyncio.run``.
+    """
+    if not asyncio.iscoroutine(main):
+        raise TypeError(f"run_async() needs a coroutine, not {main!r} (call the function)")
+    loop = asyncio.new_event_loop()
+    bridge: _Bridge | None = None
+    try:
+        asyncio.set_event_loop(loop)
+        if debug is not None:
+            loop.set_debug(debug)
+        task = loop.create_task(main)
+        bridge = _Bridge(loop, task)
+        bridge.install()
+        try:
+            result = loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if bridge.exit is None:
+                raise
+    finally:
+        try:
+            _finish(loop)
+        finally:
+            if bridge is not None:
+                bridge.uninstall()
+            asyncio.set_event_loop(None)
+            loop.close()
+    if bridge.exit is not None:
+        raise bridge.exit
+    return result
+
+
+def _finish(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left, as ``asyncio.run`` does, then shut down generators."""
+    left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in left:
+        task.cancel()
+    if left:
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.run_until_complete(loop.shutdown_default_executor())
