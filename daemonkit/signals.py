@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import FrameType
@@ -202,12 +203,26 @@ class StopRequest:
         return list(self._pipe or ())
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the stop is requested or ``timeout`` passes; returns :meth:`is_set`."""
-        if self._set:
-            return True
-        fd = self.fileno()
-        if not self._set:
-            select.select([fd], [], [], timeout)
+        """Block until the stop is requested or ``timeout`` passes; returns :meth:`is_set`.
+
+        A signal-friendly ``time.sleep``: in the main thread of a daemon,
+        every signal handler still runs promptly while it waits, even one
+        whose signal arrived just before the wait began (the wait also
+        watches the signal wakeup descriptor, which the kernel-level handler
+        writes to at once).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._set:
+            watched = [self.fileno()]
+            wakeup = _main_thread_wakeup()
+            if wakeup is not None:
+                watched.append(wakeup)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            readable = select.select(watched, [], [], remaining)[0]
+            if wakeup is not None and wakeup in readable:
+                _drain(wakeup)  # the handlers run at the next bytecode boundary
         return self._set
 
     def __bool__(self) -> bool:
@@ -231,6 +246,7 @@ class Dispatcher:
         self.handlers = handlers
         self._queue: deque[int] = deque()
         self._running = False
+        self.wakeup: tuple[int, int] | None = None
 
     def dispatch(self, signum: int, frame: FrameType | None) -> None:
         if signum not in self._queue:
@@ -249,9 +265,17 @@ class Dispatcher:
                 self._running = False
 
     def install(self) -> None:
-        """(Re)install this dispatcher as the handler of its signals."""
+        """(Re)install this dispatcher as the handler of its signals.
+
+        Also points Python's signal wakeup descriptor at a pipe of its own,
+        which :meth:`StopRequest.wait` watches.
+        """
         for signum, handler in self.handlers.items():
             signal.signal(signum, Dispatched(self, handler))
+        if self.handlers:
+            if self.wakeup is None:
+                self.wakeup = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            signal.set_wakeup_fd(self.wakeup[1], warn_on_full_buffer=False)
 
 
 class Dispatched:
@@ -280,6 +304,26 @@ class Dispatched:
 
     def __repr__(self) -> str:
         return f"<daemonkit signal handler {self.__wrapped__!r}>"
+
+
+def _main_thread_wakeup() -> int | None:
+    """The dispatcher's wakeup pipe, if one is active and this is the main thread."""
+    dispatcher = _active
+    if dispatcher is None or dispatcher.wakeup is None:
+        return None
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return dispatcher.wakeup[0]
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except OSError:  # BlockingIOError: empty now
+        pass
 
 
 def _check_result(handler: Callback, result: object) -> None:

@@ -309,6 +309,27 @@ def systemd_python(tmp_path: Path) -> list[str]:
     pytest.skip(f"a copy of {sys.executable} does not run: {detail}")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def read_line(sock: Any) -> bytes:
+    """Bytes from a socket up to and including a newline (or until it closes)."""
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
 def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
     """Signal ``pid`` and wait for it to be gone."""
     try:

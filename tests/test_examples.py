@@ -16,20 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_DIR, Daemons, is_alive, stop, wait_gone
+from conftest import PROJECT_DIR, Daemons, free_port, is_alive, read_line, stop, wait_gone
 
 EXAMPLES = PROJECT_DIR / "examples"
 ECHO_SERVER = EXAMPLES / "echo_server.py"
 RUN_EXAMPLE = EXAMPLES / "run_example.sh"
 WALKTHROUGH = EXAMPLES / "walkthrough.sh"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def parent_of(pid: int) -> int:
@@ -41,13 +33,7 @@ def echo(port: int, line: bytes) -> bytes:
     """Send ``line`` to the echo server on ``port`` (one attempt) and return the reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(line)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-        return reply
+        return read_line(sock)
 
 
 def track_pidfiles(daemons: Daemons, folder: Path) -> None:
