@@ -19,6 +19,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ._posix import block_signals, set_signal_mask
 from .signals import Callback, active_dispatcher
 
 __all__ = ["run_async"]
@@ -27,7 +28,12 @@ T = TypeVar("T")
 
 
 class _Bridge:
-    """Routes the daemon's signals to the running loop while it runs."""
+    """Routes the daemon's signals to the running loop while it runs.
+
+    Handing the signals over (and back) happens with them blocked, so one
+    that arrives meanwhile is delivered afterwards to whichever handler is
+    then in place, never to the default action in between.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any]) -> None:
         self.loop = loop
@@ -37,17 +43,30 @@ class _Bridge:
         self.handlers: dict[int, Callback] = dict(dispatcher.handlers) if dispatcher else {}
         if not self.handlers:  # outside a DaemonContext: SIGTERM still ends it cleanly
             self.handlers[signal.SIGTERM] = _exit_cleanly
+        self.before: dict[int, Any] = {}
+        self.wakeup_before = -1
 
     def install(self) -> None:
-        for signum in self.handlers:
-            self.loop.add_signal_handler(signum, self.fire, signum)
+        mask = block_signals(self.handlers)
+        try:
+            self.wakeup_before = signal.set_wakeup_fd(-1)
+            signal.set_wakeup_fd(self.wakeup_before)
+            for signum in self.handlers:
+                self.before[signum] = signal.getsignal(signum)
+                self.loop.add_signal_handler(signum, self.fire, signum)
+        finally:
+            set_signal_mask(mask)
 
-    def uninstall(self) -> None:
-        for signum in self.handlers:
+    def hold(self) -> set[int]:
+        """Block the bridged signals while the loop shuts down; returns the old mask."""
+        return block_signals(self.handlers)
+
+    def restore(self) -> None:
+        """Put back the handlers and the wakeup descriptor there were before."""
+        for signum, before in self.before.items():
             self.loop.remove_signal_handler(signum)
-        dispatcher = active_dispatcher()
-        if dispatcher is not None:
-            dispatcher.install()  # remove_signal_handler left SIG_DFL behind
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
+        signal.set_wakeup_fd(self.wakeup_before)
 
     def fire(self, signum: int) -> None:
         try:
@@ -92,13 +111,20 @@ def run_async(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
             if bridge.exit is None:
                 raise
     finally:
+        # Signals wait (blocked) from here until the old handlers are back:
+        # one arriving meanwhile is handled by them, never by SIG_DFL.
+        mask = bridge.hold() if bridge is not None else None
         try:
-            _finish(loop)
+            try:
+                _finish(loop)  # also runs what the loop still had queued from a signal
+            finally:
+                if bridge is not None:
+                    bridge.restore()
+                asyncio.set_event_loop(None)
+                loop.close()
         finally:
-            if bridge is not None:
-                bridge.uninstall()
-            asyncio.set_event_loop(None)
-            loop.close()
+            if mask is not None:
+                set_signal_mask(mask)
     if bridge.exit is not None:
         raise bridge.exit
     return result
@@ -111,5 +137,6 @@ def _finish(loop: asyncio.AbstractEventLoop) -> None:
         task.cancel()
     if left:
         loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    loop.run_until_complete(asyncio.sleep(0))  # a signal already noted is dispatched
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.run_until_complete(loop.shutdown_default_executor())

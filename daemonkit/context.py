@@ -399,8 +399,10 @@ def _as_signal_handler(function: Callable[..., Any]) -> Callable[[int, FrameType
             "(signum, frame) or no argument"
         ) from None
 
+    import functools
+
+    @functools.wraps(function)
     def call_without_arguments(signum: int, frame: FrameType | None) -> Any:
         return function()
 
-    call_without_arguments.__qualname__ = getattr(function, "__qualname__", "handler")
     return call_without_arguments
