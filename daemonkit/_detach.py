@@ -54,9 +54,9 @@ def detach(
     wait, on this receiver, for the program's own sd_notify ``READY=1``
     (``daemonkit start --notify``). ``lock``: the daemon's PIDFile, which
     the launcher removes if the start fails and the daemon is gone.
-    ``mask``: the signal mask to restore in the launcher and the
-    intermediate process; the daemon keeps the signals blocked until its
-    handlers are installed.
+    ``mask``: the signal mask to restore in the launcher; the daemon keeps
+    the signals blocked until its handlers are installed, and the
+    intermediate process until it exits.
     """
     pipes = [_pipe_above_stdio() for _ in range(3)]
     (channel_read, channel_write), (pid_read, pid_write), (hold_read, hold_write) = pipes
@@ -84,8 +84,8 @@ def detach(
         readiness.report_failure(exc)
         _posix.exit_now(1)
     if second > 0:
-        if mask is not None:
-            _posix.set_signal_mask(mask)
+        # The intermediate process keeps the signals blocked: it runs no
+        # Python code that could handle them, only polls, then leaves.
         _stay_until_launcher_leaves(second, pid_write, hold_read, channel_write)
     os.close(pid_write)
     os.close(hold_read)

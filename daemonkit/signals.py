@@ -136,6 +136,13 @@ class ReopenThen:
             return self.then(signum, frame)
         return None
 
+    def __eq__(self, other: object) -> bool:
+        # ``signal.getsignal(SIGHUP) == on_hup`` holds, as for other signals.
+        return other is self or (self.then is not None and bool(self.then == other))
+
+    def __hash__(self) -> int:
+        return hash(self.then) if self.then is not None else id(self)
+
 
 def with_reopen(
     resolved: ResolvedMap, reopen_signal: signal.Signals | None, reopen: Callable[[], object]
@@ -261,6 +268,15 @@ class Dispatcher:
                     handler = self.handlers.get(queued)
                     if handler is not None:
                         _check_result(handler, handler(queued, frame))
+            except BaseException:
+                # The handler raised (SystemExit, say): signals still queued
+                # are raised again, so they are handled, not forgotten.
+                left = list(self._queue)
+                self._queue.clear()
+                self._running = False
+                for signum in left:
+                    signal.raise_signal(signum)
+                raise
             finally:
                 self._running = False
 
