@@ -59,29 +59,45 @@ def _reopens_itself(handler: object) -> bool:
     return module is not None and isinstance(handler, module.WatchedFileHandler)
 
 
-def handler_log_file(handler: object) -> tuple[str, int] | None:
-    """``(path, fd)`` of a ``logging.FileHandler`` whose file is open, else None."""
+def file_handlers(handlers: list[Any]) -> list[Any]:
+    """The ``logging.FileHandler``\\ s among ``handlers`` that daemonkit reopens.
+
+    Open or not yet (``delay=True``): the stream is looked up at each
+    reopening. ``WatchedFileHandler`` is left out: it notices rotation itself.
+    """
     logging = sys.modules.get("logging")
-    if logging is None or not isinstance(handler, logging.FileHandler):
-        return None
-    if handler.stream is None or _reopens_itself(handler):  # delay=True: opens later
-        return None
-    fd = file_descriptor(handler.stream)
-    return None if fd is None else (handler.baseFilename, fd)
+    if logging is None:
+        return []
+    return [
+        handler
+        for handler in handlers
+        if isinstance(handler, logging.FileHandler) and not _reopens_itself(handler)
+    ]
 
 
 def stream_log_path(value: object) -> str | None:
     """The path to reopen for a ``stdout``/``stderr`` policy, if there is one.
 
     Paths are, and so are file objects opened for append on a named file
-    (``open(path, "a")``, python-daemon's idiom).
+    (``open(path, "a")``, python-daemon's idiom); a relative name is taken
+    from the current directory, if the file there is the one open.
     """
     if isinstance(value, (str, os.PathLike)):
         return os.path.abspath(os.fsdecode(os.fspath(value)))
     name, mode = getattr(value, "name", None), getattr(value, "mode", "")
-    if isinstance(name, str) and isinstance(mode, str) and "a" in mode and os.path.isabs(name):
-        return name
-    return None
+    if not (isinstance(name, str) and isinstance(mode, str) and "a" in mode):
+        return None
+    path = os.path.abspath(name)
+    fd = file_descriptor(value)
+    try:
+        same = fd is not None and _identity(os.fstat(fd)) == _identity(os.stat(path))
+    except OSError:
+        same = False
+    return path if same else None
+
+
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return (status.st_dev, status.st_ino)
 
 
 def inside_root(path: str, root: str | None) -> str | None:
@@ -99,36 +115,63 @@ def inside_root(path: str, root: str | None) -> str | None:
 class LogFiles:
     """Descriptors to point at fresh files, by path, when logs are rotated."""
 
-    def __init__(self) -> None:
-        self.paths: dict[str, list[int]] = {}
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root  # the chroot: paths are reopened as seen from inside it
+        self.streams: list[tuple[str, int, tuple[int, int]]] = []  # path, fd, file
+        self.handlers: list[Any] = []
         self.skipped: list[str] = []  # outside the chroot: cannot be reopened
 
-    def add(self, path: str, fd: int, root: str | None = None) -> None:
-        """Reopen ``path`` (seen from ``root``) onto ``fd`` at each rotation."""
-        seen = inside_root(path, root)
-        if seen is None:
+    def add_stream(self, path: str, fd: int, source: int) -> None:
+        """Reopen ``path`` onto ``fd`` at each rotation; ``source`` is open on it now."""
+        if inside_root(path, self.root) is None:
             self.skipped.append(path)
             return
-        fds = self.paths.setdefault(seen, [])
-        if fd not in fds:
-            fds.append(fd)
+        self.streams.append((path, fd, _identity(os.fstat(source))))
+
+    def add_handler(self, handler: Any) -> None:
+        """Reopen a ``logging.FileHandler``'s file (whatever its stream is then)."""
+        self.handlers.append(handler)
 
     def __bool__(self) -> bool:
-        return bool(self.paths)
+        return bool(self.streams or self.handlers)
+
+    def _targets(self) -> dict[str, list[int]]:
+        """Descriptors to reopen, by path, as they are now.
+
+        A stream descriptor that no longer holds the file it held (the
+        program reused the number) and a handler that was closed are left
+        alone, so that reopening never clobbers someone else's descriptor.
+        """
+        targets: dict[str, list[int]] = {}
+        for path, fd, identity in self.streams:
+            try:
+                if _identity(os.fstat(fd)) != identity:
+                    continue
+            except OSError:
+                continue
+            targets.setdefault(path, []).append(fd)
+        for handler in self.handlers:
+            stream = getattr(handler, "stream", None)  # no lock: we may be in a handler
+            handler_fd = file_descriptor(stream) if stream is not None else None
+            path = getattr(handler, "baseFilename", "")
+            if handler_fd is not None and path and inside_root(path, self.root) is not None:
+                targets.setdefault(path, []).append(handler_fd)
+        return targets
 
     def reopen(self) -> list[str]:
         """Open each path afresh over its descriptors; returns what failed.
 
-        Safe in a signal handler: only ``open``, ``dup2`` and ``close``.
-        A file that cannot be opened (say, its directory is not writable
-        by the daemon's user and logrotate did not ``create`` it) keeps
-        receiving output at the old file, and a line saying so goes to
+        Safe in a signal handler: only ``open``, ``fstat``, ``dup2`` and
+        ``close``. A file that cannot be opened (say, its directory is not
+        writable by the daemon's user and logrotate did not ``create`` it)
+        keeps receiving output at the old file, and a line saying so goes to
         stderr.
         """
         problems = []
-        for path, fds in self.paths.items():
+        for path, fds in self._targets().items():
+            seen = inside_root(path, self.root) or path
             try:
-                fresh = os.open(path, REOPEN_FLAGS, 0o666)  # the daemon's umask applies
+                fresh = os.open(seen, REOPEN_FLAGS, 0o666)  # the daemon's umask applies
             except OSError as exc:
                 problem = f"daemonkit: cannot reopen log file {path!r}: {exc.strerror}"
                 problems.append(problem)
@@ -138,10 +181,13 @@ class LogFiles:
                     pass
                 continue
             try:
+                identity = _identity(os.fstat(fresh))
                 for fd in fds:
                     os.dup2(fresh, fd, inheritable=fd <= 2)
-            except OSError as exc:  # pragma: no cover - the descriptor was closed
-                problems.append(f"daemonkit: cannot reopen log file {path!r}: {exc.strerror}")
             finally:
                 os.close(fresh)
+            self.streams = [
+                (where, fd, identity if where == path else known)
+                for where, fd, known in self.streams
+            ]
         return problems

@@ -18,8 +18,8 @@ from . import _posix
 from ._activation import activated_fd_numbers, inherited_lock_fds
 from ._logfiles import (
     LogFiles,
+    file_handlers,
     handler_descriptor,
-    handler_log_file,
     logging_handlers,
     stream_log_path,
 )
@@ -210,16 +210,15 @@ def _refuse_if_threaded() -> None:
 
 def _log_files(context: DaemonContext, plan: Plan, handlers: list[Any]) -> LogFiles:
     """What to reopen on rotation: stream paths and logging handlers' files."""
-    files = LogFiles()
+    files = LogFiles(plan.chroot_directory)
     for fd, value in ((1, context.stdout), (2, context.stderr)):
-        if plan.streams.fds[fd] is not None and plan.streams.fds[fd] != fd:
+        source = plan.streams.fds[fd]
+        if source is not None and source != fd:
             path = stream_log_path(value)
             if path is not None:
-                files.add(path, fd, plan.chroot_directory)
-    for handler in handlers:
-        found = handler_log_file(handler)
-        if found is not None:
-            files.add(found[0], found[1], plan.chroot_directory)
+                files.add_stream(path, fd, source)
+    for handler in file_handlers(handlers):
+        files.add_handler(handler)
     return files
 
 

@@ -281,17 +281,27 @@ class Dispatcher:
                 self._running = False
 
     def install(self) -> None:
-        """(Re)install this dispatcher as the handler of its signals.
-
-        Also points Python's signal wakeup descriptor at a pipe of its own,
-        which :meth:`StopRequest.wait` watches.
-        """
+        """(Re)install this dispatcher as the handler of its signals."""
         for signum, handler in self.handlers.items():
             signal.signal(signum, Dispatched(self, handler))
-        if self.handlers:
-            if self.wakeup is None:
-                self.wakeup = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            signal.set_wakeup_fd(self.wakeup[1], warn_on_full_buffer=False)
+
+    def wakeup_fd(self) -> int | None:
+        """The read end of a pipe the kernel-level signal handler writes to.
+
+        Made on first use (in the main thread), and pointed at again each
+        time, since an event loop run meanwhile may have taken the wakeup
+        descriptor over; None if the program set a wakeup descriptor of its
+        own, which is left alone.
+        """
+        if not self.handlers:
+            return None
+        if self.wakeup is None:
+            self.wakeup = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        before = signal.set_wakeup_fd(self.wakeup[1], warn_on_full_buffer=False)
+        if before not in (-1, self.wakeup[1]):
+            signal.set_wakeup_fd(before)
+            return None
+        return self.wakeup[0]
 
 
 class Dispatched:
@@ -325,13 +335,13 @@ class Dispatched:
 def _main_thread_wakeup() -> int | None:
     """The dispatcher's wakeup pipe, if one is active and this is the main thread."""
     dispatcher = _active
-    if dispatcher is None or dispatcher.wakeup is None:
+    if dispatcher is None:
         return None
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
-    return dispatcher.wakeup[0]
+    return dispatcher.wakeup_fd()
 
 
 def _drain(fd: int) -> None:

@@ -458,6 +458,7 @@ def handlers():
 
 facts.report(REPORT + ".launcher")
 with context:
+    context.stop_requested.wait(0)  # the dispatcher's wakeup pipe is made on first use
     before = handlers()
     result = daemonkit.run_async(main())
     facts.report(REPORT, result=result, before=before, after=handlers())
@@ -481,7 +482,7 @@ def test_normal_return_gives_the_value_and_reinstalls_the_handlers(
     assert data["after"]["sigterm_is_terminate"]
     assert data["after"]["sigterm"] == data["after"]["sighup"] == "Dispatched"
     # The wakeup descriptor is the dispatcher's pipe again, not the closed
-    # loop's socket (nor unset).
+    # loop's socket (nor unset), as it was before the loop ran.
     assert str(data["after"]["wakeup"]).startswith("pipe:"), data["after"]
     assert data["signals"]["SIGTERM"] == "terminate"
     assert data["signals"]["SIGHUP"] == "reopen+on_hup"

@@ -71,15 +71,27 @@ class Supervised:
         self.daemons = daemons
 
     def read_report(self) -> dict[str, Any]:
-        """The daemon's report; the launcher's and the daemon's pids are tracked."""
+        """The daemon's report, once the subreaper has adopted the daemon.
+
+        Until the launcher has left, the double fork's intermediate process
+        is the daemon's parent, and would reap it (its status unseen here)
+        if a signal ended it now. The launcher's and the daemon's pids are
+        tracked.
+        """
         try:
-            return self.daemons.read_report(self.report)
+            data = self.daemons.read_report(self.report)
         except pytest.fail.Exception:
             pytest.fail(f"no daemon report; stderr: {self.stderr.read_text()!r}")
         finally:
             launcher = Path(f"{self.report}.launcher")
             if launcher.exists():  # written before open(): the launcher's own pid
                 self.daemons.track(json.loads(launcher.read_text())["pid"])
+        deadline = time.monotonic() + 10
+        while parent_of(data["pid"]) not in (self.proc.pid, None):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the subreaper did not adopt daemon {data['pid']}")
+            time.sleep(0.005)
+        return data
 
     def statuses(self, daemon_pid: int, timeout: float = 10.0) -> dict[str, int]:
         """Exit statuses of the launcher and the daemon, once all are gone.
@@ -97,6 +109,16 @@ class Supervised:
         others = {pid: status for pid, status in data.items() if pid not in ours}
         assert len(others) <= 1 and set(others.values()) <= {0}, data
         return {pid: status for pid, status in data.items() if pid in ours}
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid``, None once it is gone (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[1])
 
 
 def kernel_dispositions(pid: int) -> tuple[set[int], set[int]]:
