@@ -17,14 +17,19 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine
-from typing import Any, TypeVar
 
 from ._posix import block_signals, set_signal_mask
-from .signals import Callback, active_dispatcher
+from .signals import active_dispatcher
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    from .signals import Callback
+
+    T = TypeVar("T")
 
 __all__ = ["run_async"]
-
-T = TypeVar("T")
 
 
 class _Bridge:

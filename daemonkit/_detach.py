@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import os
 import select
-from typing import Any, NoReturn
 
 from . import _posix, readiness
 from .errors import StartupError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 
 def _pipe_above_stdio() -> tuple[int, int]:

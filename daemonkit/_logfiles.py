@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from .streams import file_descriptor
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any
 
 REOPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY
 

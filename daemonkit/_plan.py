@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
 
 from . import _posix
 from ._activation import activated_fd_numbers, inherited_lock_fds
@@ -31,11 +30,16 @@ from .errors import (
     UnknownGroupError,
     UnknownUserError,
 )
-from .signals import ResolvedMap, resolve_catchable, resolve_signal_map, with_reopen
+from .signals import resolve_catchable, resolve_signal_map, with_reopen
 from .streams import StreamTargets, file_descriptor, resolve_streams
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from .context import DaemonContext
+    from .signals import ResolvedMap
 
 
 class OwnerChange:

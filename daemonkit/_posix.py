@@ -16,9 +16,12 @@ import signal
 import stat
 import sys
 from collections.abc import Iterable
-from typing import NoReturn
 
 from .errors import DaemonOSEnvironmentError, DaemonProcessDetachError, PrivilegeError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 CAP_SETGID = 6
 CAP_SETUID = 7

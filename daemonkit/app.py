@@ -29,7 +29,6 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
 
 from . import control
 from .context import DaemonContext
@@ -37,9 +36,13 @@ from .errors import AlreadyRunningError, ConfigurationError, DaemonError
 from .pidfile import PIDFile
 from .signals import default_signal_map
 
-__all__ = ["Daemon"]
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, TypeVar
 
-F = TypeVar("F", bound=Callable[[], Any])
+    F = TypeVar("F", bound=Callable[[], Any])
+
+__all__ = ["Daemon"]
 
 
 def _default_pidfile(name: str) -> str:

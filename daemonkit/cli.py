@@ -13,7 +13,10 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 EXIT_CODES = """\
 exit codes:

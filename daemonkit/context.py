@@ -22,7 +22,6 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import _detach, _posix, readiness
 from ._activation import hand_over as hand_over_activation
@@ -38,12 +37,16 @@ from .signals import (
 )
 from .streams import redirect_standard_streams
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+
 if TYPE_CHECKING:
+    from typing import Any, NoReturn, TypeVar
+
     from .pidfile import PIDFile
 
-__all__ = ["DaemonContext"]
+    F = TypeVar("F", bound=Callable[..., Any])
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["DaemonContext"]
 
 
 def _flush_standard_streams() -> None:
@@ -143,6 +146,7 @@ class DaemonContext:
         self.wait_ready = wait_ready
         self.ready_timeout = ready_timeout
         self._log_files = LogFiles()
+        self._handled_signals: set[int] = set()
         self._is_open = False
         self._owner_pid: int | None = None
         # Set by daemonkit.cli for ``start``: the daemon will exec a program.
@@ -307,6 +311,7 @@ class DaemonContext:
             owner = plan.owner
             _posix.drop_privileges(owner.uid, owner.gid, owner.groups)
         self._log_files = plan.log_files
+        self._handled_signals = set(plan.signals)
         install_signal_map(plan.signals)
         if self.pidfile is not None and lock is None:
             self.pidfile.__enter__()  # a lockfile-style object, as python-daemon does
@@ -327,7 +332,13 @@ class DaemonContext:
         if os.getpid() != self._owner_pid:
             return
         if self.pidfile is not None:
-            self.pidfile.__exit__(None, None, None)
+            # A second SIGTERM must not cut the release short (and leave the
+            # pidfile behind): the mapped signals wait until it is done.
+            mask = _posix.block_signals(self._handled_signals)
+            try:
+                self.pidfile.__exit__(None, None, None)
+            finally:
+                _posix.set_signal_mask(mask)
 
     def __enter__(self) -> DaemonContext:
         self.open()

@@ -16,11 +16,14 @@ import os
 import select
 import signal
 import time
-from typing import Any
 
 from .errors import ConfigurationError
 from .pidfile import PIDFile, PIDStatus
 from .signals import resolve_signal
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ControlStatus", "StopResult", "parse_schedule", "reload", "status", "stop"]
 

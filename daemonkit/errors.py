@@ -26,7 +26,8 @@ so nothing has happened yet when they reach the caller.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+
 
 __all__ = [
     "AlreadyRunningError",
@@ -128,6 +129,8 @@ for _cls in (
 del _cls
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from lockfile import AlreadyLocked, LockFailed, LockTimeout
 
     class AlreadyRunningError(DaemonError, AlreadyLocked):  # type: ignore[misc]

@@ -21,11 +21,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from . import readiness
 from ._activation import activated_fd_numbers, listen_fd_names
 from .errors import ConfigurationError, DaemonOSEnvironmentError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "NotifyError",

@@ -27,11 +27,14 @@ import os
 import stat
 import time
 import weakref
-from typing import Any, NoReturn
 
 from lockfile import AlreadyLocked, LockBase, LockFailed, LockTimeout, NotLocked, NotMyLock
 
 from . import _flock, errors
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = [
     "PIDFile",

@@ -18,10 +18,21 @@ import os
 import select
 import sys
 import time
-from typing import Protocol
 
 from . import _posix
 from .errors import StartupError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Receiver(Protocol):
+        """Where the launcher reads the daemon's sd_notify-style messages from."""
+
+        def fileno(self) -> int: ...
+
+        def receive(self, deadline: float) -> list[str] | None: ...
+
 
 DEFAULT_READY_TIMEOUT = 90.0  # seconds; systemd's default TimeoutStartSec
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a daemon that timed out
@@ -214,12 +225,28 @@ class PipeReceiver:
             self._buffer += chunk
 
 
-class Receiver(Protocol):
-    """Where the launcher reads the daemon's sd_notify-style messages from."""
+def __getattr__(name: str) -> object:
+    # ``Receiver`` is built on first use: a Protocol needs ``typing``, which
+    # the daemon should not pay for at import time.
+    if name == "Receiver":
+        protocol = _receiver_protocol()
+        globals()["Receiver"] = protocol
+        return protocol
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def fileno(self) -> int: ...
 
-    def receive(self, deadline: float) -> list[str] | None: ...
+def _receiver_protocol() -> type:
+    from typing import Protocol
+
+    class Receiver(Protocol):
+        """Where the launcher reads the daemon's sd_notify-style messages from."""
+
+        def fileno(self) -> int: ...
+
+        def receive(self, deadline: float) -> list[str] | None: ...
+
+    Receiver.__module__ = __name__
+    return Receiver
 
 
 class MiddleReport:

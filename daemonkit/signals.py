@@ -25,13 +25,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any, TypeAlias
 
 from .errors import SignalMapError
 
-Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-ResolvedMap = dict[signal.Signals, Handler]
-Callback: TypeAlias = Callable[[int, FrameType | None], Any]
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+    ResolvedMap = dict[signal.Signals, Handler]
+
+    Callback: TypeAlias = Callable[[int, FrameType | None], Any]
+
 
 UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 

@@ -15,10 +15,13 @@ prints reach ``journalctl``.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from . import _posix
 from .errors import StreamError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from typing import Any
 
 STREAM_NAMES = ("stdin", "stdout", "stderr")
 

@@ -948,3 +948,37 @@ def test_getsignal_compares_equal_to_the_mapped_handler(daemons: Daemons) -> Non
         "TERM": True,
         "HUP is not USR1": True,
     }
+
+
+SLOW_RELEASE_BODY = (
+    RECORD
+    + """
+class SlowPidfile:  # lockfile-style: entered in the daemon, left in close()
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        record(".order", "release begins")
+        time.sleep(0.5)  # the second SIGTERM arrives now
+        record(".order", "release done")
+
+facts.report(REPORT + ".launcher")
+with daemonkit.DaemonContext(pidfile=SlowPidfile()):
+    facts.report(REPORT)
+    linger(20)
+"""
+)
+
+
+def test_a_second_sigterm_does_not_cut_the_pidfile_release_short(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    run = Supervised(daemons, tmp_path, SLOW_RELEASE_BODY)
+    pid = run.read_report()["pid"]
+    order = Path(f"{run.report}.order")
+    os.kill(pid, signal.SIGTERM)
+    assert wait_for_lines(order, 1) == ["release begins"]
+    os.kill(pid, signal.SIGTERM)
+    assert wait_gone(pid, 5.0)
+    assert read_lines(order) == ["release begins", "release done"]
+    assert run.statuses(pid) == {"launcher": 0, str(pid): 0}
