@@ -79,12 +79,15 @@ BASELINE = "hand-written double fork"
 LAUNCHER_TIMEOUT = 30.0  # seconds a launcher may take before the sample is an error
 DAEMON_TIMEOUT = 10.0  # seconds a daemon may take to write its record and exit
 
-# The daemon's record, written after the second stamp: "<pid> <start> <entered>".
-# Written to a temporary name and renamed, so the harness never reads half of it.
+# The daemon's record, written after the second stamp:
+# "<pid> <start> <entered> <VmRSS kB at entry>". Written to a temporary name
+# and renamed, so the harness never reads half of it.
 RECORD = """
 def record(path, start, entered):
     import os
-    data = f"{os.getpid()} {start} {entered}\\n".encode()
+    with open("/proc/self/status", "rb") as status:
+        rss = next(line.split()[1] for line in status if line.startswith(b"VmRSS:"))
+    data = f"{os.getpid()} {start} {entered} {int(rss)}\\n".encode()
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.write(fd, data)
     os.close(fd)
@@ -152,13 +155,93 @@ with context:
 """
 )
 
+DAEMONKIT_PIDFILE = (
+    """
+import sys
+import time
+
+import daemonkit
+"""
+    + RECORD
+    + """
+context = daemonkit.DaemonContext(
+    detach_process=True, pidfile=daemonkit.PIDFile(sys.argv[1] + ".pid")
+)
+start = time.monotonic_ns()
+with context:
+    entered = time.monotonic_ns()
+    record(sys.argv[1], start, entered)
+"""
+)
+
+# daemonize: one fork and setsid; its pidfile is not optional.
+DAEMONIZE = (
+    """
+import sys
+import time
+
+from daemonize import Daemonize
+"""
+    + RECORD
+    + """
+def action():
+    entered = time.monotonic_ns()
+    record(sys.argv[1], start, entered)
+
+daemon = Daemonize(app="bench", pid=sys.argv[1] + ".pid", action=action)
+start = time.monotonic_ns()
+daemon.start()
+"""
+)
+
+# daemonocle: double fork; its launcher waits a fixed second before it exits.
+DAEMONOCLE = (
+    """
+import sys
+import time
+
+import daemonocle
+"""
+    + RECORD
+    + """
+def worker():
+    entered = time.monotonic_ns()
+    record(sys.argv[1], start, entered)
+
+daemon = daemonocle.Daemon(worker=worker, detach=True, close_open_files=True)
+start = time.monotonic_ns()
+daemon.do_action("start")
+"""
+)
+
+# ``setsid -f``, an external command (util-linux): the floor for a tool that
+# detaches a program it execs. Its "daemon" is date(1), whose output is the
+# entry stamp; intervals are measured on CLOCK_REALTIME (date has no
+# monotonic clock), from the harness starting ``setsid``.
+SETSID = "setsid -f"
+
 LAUNCHERS: dict[str, str] = {
     BASELINE: HANDWRITTEN,
+    SETSID: "",
     "daemonkit": DAEMONKIT,
+    "daemonkit + PIDFile": DAEMONKIT_PIDFILE,
     "python-daemon": PYTHON_DAEMON,
+    "daemonize": DAEMONIZE,
+    "daemonocle": DAEMONOCLE,
 }
-REQUIRES: dict[str, str] = {"daemonkit": "daemonkit", "python-daemon": "daemon"}
-DISTRIBUTIONS: dict[str, str] = {"daemonkit": "daemonkit", "python-daemon": "python-daemon"}
+REQUIRES: dict[str, str] = {
+    "daemonkit": "daemonkit",
+    "daemonkit + PIDFile": "daemonkit",
+    "python-daemon": "daemon",
+    "daemonize": "daemonize",
+    "daemonocle": "daemonocle",
+}
+DISTRIBUTIONS: dict[str, str] = {
+    "daemonkit": "daemonkit",
+    "python-daemon": "python-daemon",
+    "daemonize": "daemonize",
+    "daemonocle": "daemonocle",
+}
 
 
 @dataclass
@@ -170,6 +253,7 @@ class Row:
     script: Path
     detach_ns: list[int] = field(default_factory=list)
     exit_ns: list[int] = field(default_factory=list)
+    rss_kb: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -298,8 +382,46 @@ def descriptor_limits() -> list[int]:
 # -- one sample --------------------------------------------------------------------
 
 
+def sample_setsid(row: Row, workdir: Path, tag: str) -> None:
+    """``setsid -f date +%s%N``: the same two intervals, on CLOCK_REALTIME."""
+    record_path = workdir / f"{tag}.rec"
+    with open(record_path, "wb") as out:
+        start = time.time_ns()
+        launcher = subprocess.Popen(
+            ["setsid", "-f", "date", "+%s%N"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=set_descriptor_limit(row.limit),
+        )
+        pidfd = os.pidfd_open(launcher.pid)
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            woken = bool(poller.poll(LAUNCHER_TIMEOUT * 1000))
+            exited = time.time_ns()
+        finally:
+            os.close(pidfd)
+    if not woken or launcher.wait() != 0:
+        launcher.kill()
+        launcher.wait()
+        raise SampleError(f"{row.name}: setsid did not exit 0 in time")
+    deadline = time.monotonic() + DAEMON_TIMEOUT
+    while not record_path.read_bytes().endswith(b"\n"):
+        if time.monotonic() > deadline:
+            raise SampleError(f"{row.name}: date wrote nothing within {DAEMON_TIMEOUT} s")
+        time.sleep(0.0005)
+    entered = int(record_path.read_text())
+    reap_orphans()
+    row.detach_ns.append(entered - start)
+    row.exit_ns.append(exited - start)
+
+
 def sample(python: str, row: Row, workdir: Path, tag: str, daemons: list[Daemon]) -> None:
-    """Run one launcher; append its two intervals to ``row``."""
+    """Run one launcher; append its two intervals (and the daemon's RSS) to ``row``."""
+    if row.name == SETSID:
+        sample_setsid(row, workdir, tag)
+        return
     record_path = workdir / f"{tag}.rec"
     stderr_path = workdir / f"{tag}.err"
     with open(stderr_path, "wb") as stderr:
@@ -327,7 +449,7 @@ def sample(python: str, row: Row, workdir: Path, tag: str, daemons: list[Daemon]
     if status != 0:
         text = stderr_path.read_text(errors="replace").strip()
         raise SampleError(f"{row.name}: the launcher exited with status {status}: {text}")
-    pid, start, entered = read_record(record_path, row.name)
+    pid, start, entered, rss = read_record(record_path, row.name)
     daemon = Daemon(pid, start_time(pid))
     daemons.append(daemon)
     if not wait_exit(pid, DAEMON_TIMEOUT):
@@ -341,16 +463,17 @@ def sample(python: str, row: Row, workdir: Path, tag: str, daemons: list[Daemon]
         raise SampleError(f"{row.name}: stamps out of order: {start} {entered} {exited}")
     row.detach_ns.append(entered - start)
     row.exit_ns.append(exited - start)
+    row.rss_kb.append(rss)
 
 
-def read_record(path: Path, name: str) -> tuple[int, int, int]:
+def read_record(path: Path, name: str) -> tuple[int, int, int, int]:
     deadline = time.monotonic() + DAEMON_TIMEOUT
     while not path.exists():
         if time.monotonic() > deadline:
             raise SampleError(f"{name}: no record from the daemon within {DAEMON_TIMEOUT} s")
         time.sleep(0.001)
-    pid, start, entered = (int(word) for word in path.read_text().split())
-    return pid, start, entered
+    pid, start, entered, rss = (int(word) for word in path.read_text().split())
+    return pid, start, entered, rss
 
 
 def sweep(daemons: list[Daemon], subreaper: bool) -> list[str]:
@@ -401,60 +524,50 @@ def importable(python: str, module: str) -> bool:
     return result.returncode == 0
 
 
-def render(
-    rows: list[Row], python: str, iterations: int, skipped: list[str], load: list[float]
-) -> str:
-    python_version = subprocess.run(
+def python_version(python: str) -> str:
+    return subprocess.run(
         [python, "-c", "import platform; print(platform.python_version())"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.strip()
+
+
+def versions_line(python: str, names: list[str]) -> str:
     versions = ", ".join(
         f"{name} {version_of(python, dist)}"
         for name, dist in DISTRIBUTIONS.items()
-        if any(row.name == name for row in rows)
+        if name in names
     )
+    return versions or "(no library versions)"
+
+
+def table_lines(rows: list[Row]) -> list[str]:
+    """The Markdown table of rows, ratios to the hand-written row at the same limit."""
     lines = [
-        "# Detach benchmark",
-        "",
-        f"- {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
-        f"Linux {platform.release()}, {os.cpu_count()} CPUs, "
-        f"Python {python_version} ({python})",
-        f"- {versions}" if versions else "- (no library versions)",
-        f"- load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after: other work on "
-        "the machine shows in the figures",
-        f"- {iterations} fresh launcher processes per row, after one discarded warm-up, "
-        "rows sampled round-robin",
-        "- detach: stamp before `open()` (hand-written: before the first fork) to the "
-        "first line of the `with` body in the daemon",
-        "- launcher exit: the same stamp to the launcher's parent being woken by its exit "
-        "(as `waitpid()` returns)",
-        f"- ratios: medians divided by the `{BASELINE}` median at the same `ulimit -n`; "
-        "*exit / hw detach* compares launcher exit with the hand-written detach (DESIGN §7)",
-    ]
-    if skipped:
-        lines.append(f"- skipped (not importable): {', '.join(skipped)}")
-    lines += [
-        "",
         "| implementation | ulimit -n | detach min | detach median | detach p90 "
-        "| detach ratio | exit min | exit median | exit p90 | exit ratio | exit / hw detach |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| detach ratio | exit min | exit median | exit p90 | exit ratio | exit / hw detach "
+        "| daemon RSS | RSS - hw |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     baselines = {row.limit: row for row in rows if row.name == BASELINE}
     for row in rows:
         d_min, d_med, d_p90 = milliseconds(row.detach_ns)
         e_min, e_med, e_p90 = milliseconds(row.exit_ns)
         base = baselines.get(row.limit)
-        ratios = ["-", "-", "-"]
+        ratios = ["-", "-", "-", "-"]
+        rss = f"{statistics.median(row.rss_kb) / 1024:.2f} MiB" if row.rss_kb else "-"
         if base is not None:
             base_detach = statistics.median(base.detach_ns) / 1e6
             base_exit = statistics.median(base.exit_ns) / 1e6
-            ratios = [
+            ratios[:3] = [
                 f"{d_med / base_detach:.2f}x",
                 f"{e_med / base_exit:.2f}x",
                 f"{e_med / base_detach:.2f}x",
             ]
+            if row.rss_kb and base.rss_kb:
+                extra = statistics.median(row.rss_kb) - statistics.median(base.rss_kb)
+                ratios[3] = f"{extra / 1024:+.2f} MiB"
         cells = [
             row.name,
             str(row.limit),
@@ -467,6 +580,8 @@ def render(
             f"{e_p90:.2f} ms",
             ratios[1],
             ratios[2],
+            rss,
+            ratios[3],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     limits = sorted({row.limit for row in rows})
@@ -476,6 +591,43 @@ def render(
         medians = {(row.name, row.limit): statistics.median(row.detach_ns) for row in rows}
         for name in dict.fromkeys(row.name for row in rows):
             lines.append(f"- {name}: {medians[name, high] / medians[name, low]:.2f}x")
+    return lines
+
+
+METHOD = [
+    "- detach: stamp before `open()` (hand-written: before the first fork; daemonize, "
+    "daemonocle: before their start call) to the first line of user code in the daemon; "
+    "for `setsid -f`, from starting `setsid -f date` to date's own clock reading "
+    "(CLOCK_REALTIME)",
+    "- launcher exit: the same stamp to the launcher's parent being woken by its exit "
+    "(as `waitpid()` returns); daemonkit's includes the readiness handshake, "
+    "daemonocle's a fixed 1 s sleep",
+    f"- ratios: medians divided by the `{BASELINE}` median at the same `ulimit -n`; "
+    "*exit / hw detach* compares launcher exit with the hand-written detach (DESIGN §7)",
+    "- daemon RSS: VmRSS of the daemon on its first line of user code",
+]
+
+
+def render(
+    rows: list[Row], python: str, iterations: int, skipped: list[str], load: list[float]
+) -> str:
+    names = [row.name for row in rows]
+    lines = [
+        "# Detach benchmark",
+        "",
+        f"- {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
+        f"Linux {platform.release()}, {os.cpu_count()} CPUs, "
+        f"Python {python_version(python)} ({python})",
+        f"- {versions_line(python, names)}",
+        f"- load average (1 min) {load[0]:.2f} before, {load[1]:.2f} after: other work on "
+        "the machine shows in the figures",
+        f"- {iterations} fresh launcher processes per row, after one discarded warm-up, "
+        "rows sampled round-robin",
+        *METHOD,
+    ]
+    if skipped:
+        lines.append(f"- skipped (not installed): {', '.join(skipped)}")
+    lines += ["", *table_lines(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -508,6 +660,56 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def available(python: str, names: list[str]) -> tuple[list[str], list[str]]:
+    """The implementations that can run here, and those skipped (not installed)."""
+    skipped = [n for n in names if n in REQUIRES and not importable(python, REQUIRES[n])]
+    if SETSID in names and shutil.which("setsid") is None:
+        skipped.append(SETSID)
+    return [name for name in names if name not in skipped], skipped
+
+
+def measure(
+    python: str, names: list[str], iterations: int, progress: str = "detach"
+) -> tuple[list[Row], list[str]]:
+    """Sample every implementation at both descriptor limits; rows and problems."""
+    subreaper = make_subreaper()
+    workdir = Path(tempfile.mkdtemp(prefix="daemonkit-bench-"))
+    daemons: list[Daemon] = []
+    rows: list[Row] = []
+    failures: list[str] = []
+    began = time.monotonic()
+    try:
+        for name in names:
+            script = workdir / f"launch_{''.join(c if c.isalnum() else '_' for c in name)}.py"
+            script.write_text(LAUNCHERS[name])
+            rows += [Row(name, limit, script) for limit in descriptor_limits()]
+        rows.sort(key=lambda row: (row.limit, names.index(row.name)))
+        print(
+            f"{progress}: {len(rows)} rows x {iterations} samples (+1 warm-up), "
+            f"launchers run by {python}",
+            file=sys.stderr,
+        )
+        for round_number in range(iterations + 1):
+            for index, row in enumerate(rows):
+                tag = f"r{round_number}-{index}"
+                try:
+                    sample(python, row, workdir, tag, daemons)
+                except SampleError as exc:
+                    failures.append(str(exc))
+                if round_number == 0:  # warm-up: forget it
+                    row.detach_ns.clear()
+                    row.exit_ns.clear()
+                    row.rss_kb.clear()
+            if failures:
+                break
+            print(".", end="", file=sys.stderr, flush=True)
+        print(f" {time.monotonic() - began:.1f} s", file=sys.stderr)
+    finally:
+        failures += sweep(daemons, subreaper)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return rows, failures
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     if not hasattr(os, "pidfd_open"):
@@ -516,46 +718,12 @@ def main(argv: list[str] | None = None) -> int:
     names = [BASELINE, *(name for name in LAUNCHERS if name != BASELINE)]
     if args.only:
         names = [name for name in names if name == BASELINE or name in args.only]
-    skipped = [n for n in names if n in REQUIRES and not importable(args.python, REQUIRES[n])]
+    names, skipped = available(args.python, names)
     if "daemonkit" in skipped:
         print(f"detach.py: {args.python} cannot import daemonkit", file=sys.stderr)
         return 2
-    names = [name for name in names if name not in skipped]
-    subreaper = make_subreaper()
-    workdir = Path(tempfile.mkdtemp(prefix="daemonkit-bench-"))
-    daemons: list[Daemon] = []
-    rows: list[Row] = []
-    failures: list[str] = []
-    began = time.monotonic()
     load = [os.getloadavg()[0]]
-    try:
-        for name in names:
-            script = workdir / f"launch_{name.replace(' ', '_').replace('-', '_')}.py"
-            script.write_text(LAUNCHERS[name])
-            rows += [Row(name, limit, script) for limit in descriptor_limits()]
-        rows.sort(key=lambda row: (row.limit, names.index(row.name)))
-        print(
-            f"detach.py: {len(rows)} rows x {args.iterations} samples (+1 warm-up), "
-            f"launchers run by {args.python}",
-            file=sys.stderr,
-        )
-        for round_number in range(args.iterations + 1):
-            for index, row in enumerate(rows):
-                tag = f"r{round_number}-{index}"
-                try:
-                    sample(args.python, row, workdir, tag, daemons)
-                except SampleError as exc:
-                    failures.append(str(exc))
-                if round_number == 0:  # warm-up: forget it
-                    row.detach_ns.clear()
-                    row.exit_ns.clear()
-            if failures:
-                break
-            print(".", end="", file=sys.stderr, flush=True)
-        print(f" {time.monotonic() - began:.1f} s", file=sys.stderr)
-    finally:
-        failures += sweep(daemons, subreaper)
-        shutil.rmtree(workdir, ignore_errors=True)
+    rows, failures = measure(args.python, names, args.iterations)
     if failures:
         for problem in failures:
             print(f"detach.py: FAILED: {problem}", file=sys.stderr)
