@@ -49,7 +49,9 @@ def detach(
     notify: readiness.Receiver | None = None,
     lock: Any = None,
     mask: set[int] | None = None,
-) -> None:
+    keep: set[int] | None = None,
+    top: int = 2,
+) -> list[tuple[int, int]]:
     """Fork twice with a new session between; return only in the daemon.
 
     ``exec_is_ready``: the daemon will exec a program; its channel closing on
@@ -59,10 +61,14 @@ def detach(
     the launcher removes if the start fails and the daemon is gone.
     ``mask``: the signal mask to restore in the launcher; the daemon keeps
     the signals blocked until its handlers are installed, and the
-    intermediate process until it exits.
+    intermediate process until it exits. Returns, in the daemon, the
+    ``closerange`` calls that close every descriptor from 3 up to ``top``
+    but ``keep`` and the channel (worked out before the fork).
     """
     pipes = [_pipe_above_stdio() for _ in range(3)]
     (channel_read, channel_write), (pid_read, pid_write), (hold_read, hold_write) = pipes
+    kept = {*(keep or ()), channel_write}
+    closing = _posix.close_ranges(kept, max(top, *kept, *(fd for pair in pipes for fd in pair)))
     try:
         first = _posix.fork("first fork")
     except BaseException:
@@ -93,6 +99,7 @@ def detach(
     os.close(pid_write)
     os.close(hold_read)
     readiness.adopt(channel_write)
+    return closing
 
 
 def _stay_until_launcher_leaves(daemon: int, report: int, hold: int, channel: int) -> NoReturn:

@@ -30,7 +30,7 @@ from .errors import (
     UnknownGroupError,
     UnknownUserError,
 )
-from .signals import resolve_catchable, resolve_signal_map, with_reopen
+from .signals import Installation, resolve_catchable, resolve_signal_map, with_reopen
 from .streams import StreamTargets, file_descriptor, resolve_streams
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
@@ -63,6 +63,9 @@ class Plan:
         self.prevent_core = True
         self.owner: OwnerChange | None = None
         self.signals: ResolvedMap = {}
+        self.installation = Installation({})
+        # fds 0-2's sources and the descriptors to close after: DaemonContext._prepare
+        self.redirects: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
         self.streams = StreamTargets()
         self.log_files = LogFiles()
         self.preserved: set[int] = set()
@@ -275,6 +278,7 @@ def build_plan(context: DaemonContext) -> Plan:
     )
     plan.log_files = _log_files(context, plan, handlers)
     plan.signals = with_reopen(signals, reopen_signal, plan.log_files.reopen)
+    plan.installation = Installation(plan.signals)
     plan.top_fd = _posix.highest_open_fd()
     return plan
 

@@ -21,7 +21,7 @@ from .errors import DaemonOSEnvironmentError, DaemonProcessDetachError, Privileg
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 CAP_SETGID = 6
 CAP_SETUID = 7
@@ -95,6 +95,12 @@ def signal_name(signum: int) -> str:
         return str(signum)
 
 
+# signal.py's wrappers turn every number into an enum and back: in a freshly
+# forked daemon that is dozens of calls, each touching memory (copy-on-write
+# faults). The C functions underneath take and give plain ints.
+_raw_signal: Any = sys.modules.get("_signal", signal)
+
+
 def block_signals(signals: Iterable[int]) -> set[int]:
     """Hold back ``signals`` in this thread; returns the previous mask.
 
@@ -102,12 +108,12 @@ def block_signals(signals: Iterable[int]) -> set[int]:
     as :func:`set_signal_mask` restores the mask, to whatever handler is
     installed by then. The mask survives ``fork`` (and ``exec``).
     """
-    return {int(sig) for sig in signal.pthread_sigmask(signal.SIG_BLOCK, signals)}
+    return set(_raw_signal.pthread_sigmask(signal.SIG_BLOCK, signals))
 
 
 def set_signal_mask(mask: Iterable[int]) -> None:
     """Make ``mask`` this thread's set of blocked signals."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _raw_signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 # -- descriptors ------------------------------------------------------------
@@ -129,25 +135,69 @@ def highest_open_fd() -> int:
 _SLACK = 64
 
 
-def close_fds_except(keep: Iterable[int], top: int, low: int = 3) -> None:
-    """Close every descriptor from ``low`` up to ``top``, except those in ``keep``.
+def close_ranges(keep: Iterable[int], top: int, low: int = 3) -> list[tuple[int, int]]:
+    """The ``closerange`` calls that close ``low``..``top`` except ``keep``.
 
-    The gaps between kept descriptors are closed with ``os.closerange``, which
-    CPython implements with the ``close_range`` system call where it exists,
-    so the cost does not grow with ``ulimit -n``. ``top`` is the highest
-    descriptor open (:func:`highest_open_fd`, taken in the launcher, where it
-    is cheap, not in the newly forked daemon), which also bounds the
-    one-``close()``-per-descriptor fallback of CPython builds without
-    ``close_range`` by what is open rather than by the limit.
+    Worked out in the launcher, so that the daemon only makes the calls.
     """
+    ranges = []
     start = low
     for fd in sorted({fd for fd in keep if fd >= low}):
         if fd > start:
-            os.closerange(start, fd)
+            ranges.append((start, fd))
         start = fd + 1
     end = top + _SLACK + 1
     if start < end:
-        os.closerange(start, end)
+        ranges.append((start, end))
+    return ranges
+
+
+def settle(closing: list[tuple[int, int]], prevent_core: bool, umask: int, directory: str) -> None:
+    """In the new daemon: close inherited descriptors, no core, umask, chdir.
+
+    One function with the work precomputed, because in a freshly forked
+    process every further Python function and object touched costs
+    copy-on-write page faults, which dominate the detach time.
+    """
+    for low, high in closing:
+        os.closerange(low, high)
+    if prevent_core:
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        except (OSError, ValueError) as exc:
+            raise DaemonOSEnvironmentError(
+                errno.EPERM, f"cannot disable core dumps (RLIMIT_CORE): {exc}"
+            ) from exc
+    os.umask(umask)
+    try:
+        os.chdir(directory)
+    except OSError as exc:
+        raise DaemonOSEnvironmentError(
+            exc.errno, f"cannot change working directory to {directory!r}: {exc.strerror}"
+        ) from exc
+
+
+def install_handlers(handlers: list[tuple[int, object]]) -> None:
+    """``signal.signal`` for each pair, without the enum conversions."""
+    for signum, handler in handlers:
+        _raw_signal.signal(signum, handler)
+
+
+def redirect_and_unblock(
+    sources: tuple[int, ...], closing: tuple[int, ...], mask: Iterable[int]
+) -> None:
+    """Make fds 0-2 refer to ``sources``, close ``closing``, restore the signal mask."""
+    for target, source in enumerate(sources):
+        if source != target:
+            os.dup2(source, target, inheritable=True)
+        else:
+            os.set_inheritable(target, True)
+    for fd in closing:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _raw_signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def max_open_files() -> int:
@@ -165,14 +215,6 @@ def above_stdio(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
-def redirect_fd(source: int, target: int) -> None:
-    """Make ``target`` refer to what ``source`` refers to (dup2, inheritable)."""
-    if source != target:
-        os.dup2(source, target, inheritable=True)
-    else:
-        os.set_inheritable(target, True)
-
-
 # -- process environment ------------------------------------------------------
 
 
@@ -184,26 +226,6 @@ def change_root(directory: str) -> None:
     except OSError as exc:
         raise DaemonOSEnvironmentError(
             exc.errno, f"cannot chroot to {directory!r}: {exc.strerror}"
-        ) from exc
-
-
-def change_directory(directory: str) -> None:
-    """chdir, naming the directory on failure."""
-    try:
-        os.chdir(directory)
-    except OSError as exc:
-        raise DaemonOSEnvironmentError(
-            exc.errno, f"cannot change working directory to {directory!r}: {exc.strerror}"
-        ) from exc
-
-
-def prevent_core_dumps() -> None:
-    """Set the core file size limit to zero, so secrets never reach a core."""
-    try:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    except (OSError, ValueError) as exc:
-        raise DaemonOSEnvironmentError(
-            errno.EPERM, f"cannot disable core dumps (RLIMIT_CORE): {exc}"
         ) from exc
 
 

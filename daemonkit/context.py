@@ -31,11 +31,10 @@ from .errors import SignalMapError
 from .signals import (
     StopRequest,
     default_signal_map,
-    install_signal_map,
     resolve_catchable,
     resolve_signal_map,
 )
-from .streams import redirect_standard_streams
+from .streams import redirect_plan
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 
@@ -214,22 +213,33 @@ class DaemonContext:
             # Signals that arrive from here until the handlers are installed
             # in the daemon wait (blocked), rather than kill it unhandled.
             mask = _posix.block_signals(plan.signals)
+            keep = self._prepare(plan, lock)
             _flush_standard_streams()
             if plan.detach:
                 if lock is not None:
                     lock._handing_down = True
-                _detach.detach(
-                    self.ready_timeout, self._exec_is_ready, self._notify_receiver, lock, mask
+                closing = _detach.detach(
+                    self.ready_timeout,
+                    self._exec_is_ready,
+                    self._notify_receiver,
+                    lock,
+                    mask,
+                    keep,
+                    plan.top_fd,
                 )
                 if lock is not None:
                     lock._adopt()
+            else:
+                channel = readiness.channel_fd()
+                kept = keep if channel is None else {*keep, channel}
+                closing = _posix.close_ranges(kept, max(plan.top_fd, *kept))
         except BaseException:
             if mask is not None:
                 _posix.set_signal_mask(mask)
             self._undo_launch(plan, lock)
             raise
         try:
-            self._enter(plan, lock, mask)
+            self._enter(plan, lock, mask, closing)
         except BaseException as exc:
             if readiness.pending():
                 if isinstance(exc, SystemExit):
@@ -247,9 +257,8 @@ class DaemonContext:
             raise
         self._is_open = True
         self._owner_pid = os.getpid()
-        atexit.register(self.close)
         if not self.wait_ready:
-            readiness.ready()
+            readiness.entered()
 
     def _own_pidfile(self) -> PIDFile | None:
         """The pidfile if it is daemonkit's own (lock taken in the launcher)."""
@@ -279,44 +288,53 @@ class DaemonContext:
                 f"ready_timeout must be a positive number of seconds, not {timeout!r}"
             )
 
-    def _enter(self, plan: Plan, lock: PIDFile | None, mask: Iterable[int]) -> None:
+    def _prepare(self, plan: Plan, lock: PIDFile | None) -> set[int]:
+        """Before the fork, all the daemon's setup that need not happen after it.
+
+        Returns the descriptors the daemon keeps. Whatever is worked out here
+        is work the newly forked daemon is spared: there, each first write
+        to a page of memory is a copy-on-write fault.
+        """
+        plan.redirects = redirect_plan(plan.streams)  # opens /dev/null if needed
+        keep = plan.preserved | set(plan.streams.keep()) | set(plan.redirects[1])
+        keep |= set(self.stop_requested.descriptors())
+        if lock is not None:
+            keep.add(lock.fileno())
+        self._log_files = plan.log_files
+        self._handled_signals = set(plan.signals)
+        atexit.register(self.close)  # a no-op unless the context is open
+        return keep
+
+    def _enter(
+        self, plan: Plan, lock: PIDFile | None, mask: Iterable[int], closing: list[tuple[int, int]]
+    ) -> None:
         """The daemon's side of the sequence, in the order that is safe."""
-        if plan.detach:
+        if plan.detach and plan.activated:
             hand_over_activation(plan.activated)  # $LISTEN_PID now names the daemon
         if lock is not None:
             # Before chroot and the privilege drop; the descriptor stays open
             # so the file can be removed or emptied at exit all the same.
             lock.write_pid()
-        plan.streams.open_null()
-        keep = plan.preserved | set(plan.streams.keep()) | set(self.stop_requested.descriptors())
-        if lock is not None:
-            keep.add(lock.fileno())
-        channel = readiness.channel_fd()
-        if channel is not None:
-            keep.add(channel)
-        _posix.close_fds_except(keep, max([plan.top_fd, *keep]))
-        if plan.chroot_directory is not None:
+        if plan.chroot_directory is None:
+            _posix.settle(closing, plan.prevent_core, plan.umask, plan.working_directory)
+        else:
             # What reporting an error needs, imported while the library is in
             # reach (Python 3.13's traceback imports tokenize lazily).
             import linecache  # noqa: F401
             import tokenize  # noqa: F401
             import traceback  # noqa: F401
 
+            _posix.settle(closing, False, plan.umask, "/")
             _posix.change_root(plan.chroot_directory)
-        if plan.prevent_core:
-            _posix.prevent_core_dumps()
-        os.umask(plan.umask)
-        _posix.change_directory(plan.working_directory)
+            _posix.settle([], plan.prevent_core, plan.umask, plan.working_directory)
         if plan.owner is not None:
             owner = plan.owner
             _posix.drop_privileges(owner.uid, owner.gid, owner.groups)
-        self._log_files = plan.log_files
-        self._handled_signals = set(plan.signals)
-        install_signal_map(plan.signals)
+        plan.installation.install()
         if self.pidfile is not None and lock is None:
             self.pidfile.__enter__()  # a lockfile-style object, as python-daemon does
-        redirect_standard_streams(plan.streams)
-        _posix.set_signal_mask(mask)  # signals held back so far are handled now
+        # fds 0-2 last; then the signals held back so far are handled.
+        _posix.redirect_and_unblock(*plan.redirects, mask)
 
     def close(self) -> None:
         """Leave the daemon context: release the pidfile. Idempotent.

@@ -41,6 +41,7 @@ STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a daemon that timed 
 EXEC_GRACE = 0.2
 EOF_GRACE = 2.0  # seconds a daemon whose channel closed has to finish dying
 _ERROR_KEY = "X_DAEMONKIT_ERROR="
+_READY_FRAME = b"\x00\x00\x00\x07READY=1"
 _MAX_MESSAGE = 1 << 20
 
 
@@ -49,7 +50,6 @@ class _DaemonSide:
 
     fd: int | None = None
     owner: int = 0
-    at_fork_registered = False
 
 
 def _forget_in_child() -> None:
@@ -63,13 +63,14 @@ def _forget_in_child() -> None:
         _DaemonSide.fd = None
 
 
+# Registered once, at import, in the launcher: not in the daemon's setup.
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def adopt(fd: int) -> None:
     """Make ``fd`` this process's channel; children forked later drop it."""
     _DaemonSide.fd = fd
     _DaemonSide.owner = os.getpid()
-    if not _DaemonSide.at_fork_registered:
-        os.register_at_fork(after_in_child=_forget_in_child)
-        _DaemonSide.at_fork_registered = True
 
 
 def channel_fd() -> int | None:
@@ -126,6 +127,28 @@ def close_channel() -> None:
 def pending() -> bool:
     """True while a launcher is waiting for this process to become ready."""
     return channel_fd() is not None
+
+
+def entered() -> None:
+    """:meth:`DaemonContext.open`'s own ``ready()``: the same, in fewer steps.
+
+    Called in a newly forked daemon, where each further function run costs
+    copy-on-write faults: the common case (a daemonkit launcher waits, no
+    ``$NOTIFY_SOCKET``) is one write and one close.
+    """
+    fd = _DaemonSide.fd
+    if fd is None or "NOTIFY_SOCKET" in os.environ or _DaemonSide.owner != os.getpid():
+        ready()
+        return
+    pid = str(os.getpid()).encode()
+    message = (len(pid) + 8).to_bytes(4, "big") + b"MAINPID=" + pid + _READY_FRAME
+    _DaemonSide.fd = None
+    try:
+        os.write(fd, message)  # a pipe takes this much (< PIPE_BUF) in one write
+    except OSError:
+        pass  # the launcher is gone: nobody to tell
+    finally:
+        os.close(fd)
 
 
 def ready(status: str | None = None) -> None:

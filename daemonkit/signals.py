@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from types import FrameType
 
+from ._posix import install_handlers
 from .errors import SignalMapError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
@@ -382,16 +383,31 @@ def active_dispatcher() -> Dispatcher | None:
     return _active
 
 
-def install_signal_map(resolved: ResolvedMap) -> Dispatcher:
-    """Install every handler of an already resolved map; callables via a Dispatcher."""
-    global _active
-    callbacks: dict[int, Callback] = {}
-    for sig, handler in resolved.items():
-        if callable(handler) and not isinstance(handler, int):
-            callbacks[sig] = handler
-        else:
-            signal.signal(sig, handler)
-    dispatcher = Dispatcher(callbacks)
-    dispatcher.install()
-    _active = dispatcher
-    return dispatcher
+class Installation:
+    """A resolved map made ready to install: every object built in the launcher.
+
+    Only ``signal.signal`` calls are left for :meth:`install`, in the freshly
+    forked daemon, where each new object and each first touch of memory costs
+    a copy-on-write page fault.
+    """
+
+    def __init__(self, resolved: ResolvedMap) -> None:
+        callbacks: dict[int, Callback] = {}
+        self.handlers: list[tuple[int, object]] = []
+        for sig, handler in resolved.items():
+            if callable(handler) and not isinstance(handler, int):
+                callbacks[sig] = handler
+            else:  # SIG_IGN/SIG_DFL as the plain ints the C function wants
+                self.handlers.append((int(sig), int(handler or 0)))
+        self.dispatcher = Dispatcher(callbacks)
+        self.handlers += [
+            (int(signum), Dispatched(self.dispatcher, handler))
+            for signum, handler in callbacks.items()
+        ]
+
+    def install(self) -> Dispatcher:
+        """Install every handler; the dispatcher becomes the active one."""
+        global _active
+        install_handlers(self.handlers)
+        _active = self.dispatcher
+        return self.dispatcher

@@ -165,29 +165,22 @@ def resolve_streams(policies: dict[str, Any], umask: int) -> StreamTargets:
     return targets
 
 
-def redirect_standard_streams(targets: StreamTargets) -> None:
-    """Point fds 0, 1 and 2 at their targets (``/dev/null`` where none).
+def redirect_plan(targets: StreamTargets) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """What will become fds 0, 1 and 2, and what to close after: worked out pre-fork.
 
-    A target that is itself one of fds 0-2 (``stderr=sys.stdout``) is first
-    copied above 2, so redirecting one stream never clobbers another's target.
+    ``/dev/null`` is opened here where a stream needs it (before any
+    chroot). A source that is itself one of fds 0-2 (``stderr=sys.stdout``)
+    is first copied above 2, so redirecting one stream never clobbers
+    another's source. Every descriptor made here is in ``targets.owned``
+    (closed again by :meth:`StreamTargets.discard` if the start fails).
     """
     targets.open_null()
     sources: list[int] = []
-    temporary: list[int] = []
     for target_fd, source in enumerate(targets.fds):
         fd = targets.null if source is None else source
         assert fd is not None
         if fd != target_fd and fd <= 2:
             fd = _posix.above_stdio(fd)
-            temporary.append(fd)
+            targets.owned.append(fd)
         sources.append(fd)
-    for target_fd, fd in enumerate(sources):
-        _posix.redirect_fd(fd, target_fd)
-    for fd in {*targets.owned, *temporary}:
-        if fd > 2:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    targets.owned.clear()
-    targets.null = None
+    return tuple(sources), tuple(fd for fd in targets.owned if fd > 2)
