@@ -21,7 +21,6 @@ import os
 import select
 
 from . import _posix, readiness
-from .errors import StartupError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
@@ -152,14 +151,16 @@ def finish_launcher(
             if watch is not None:
                 watch(outcome.pid)
             readiness.wait_until_ready(notify, middle_pid, middle, ready_timeout)
-    except StartupError as exc:
-        readiness.say(f"daemonkit: {exc}")
-        if lock is not None and (exc.pid is None or _posix.exits_within(exc.pid, 2.0)):
-            # The launcher still shares the lock: removing the dead daemon's
-            # pidfile now cannot race with a new start.
-            lock.release()
-        _posix.exit_now(1)
-    except BaseException as exc:  # e.g. KeyboardInterrupt while waiting
-        readiness.say(f"daemonkit: stopped waiting for the daemon: {exc!r}")
+    except BaseException as exc:
+        from .errors import StartupError  # only now: errors is not loaded on success
+
+        if isinstance(exc, StartupError):
+            readiness.say(f"daemonkit: {exc}")
+            if lock is not None and (exc.pid is None or _posix.exits_within(exc.pid, 2.0)):
+                # The launcher still shares the lock: removing the dead daemon's
+                # pidfile now cannot race with a new start.
+                lock.release()
+        else:  # e.g. KeyboardInterrupt while waiting
+            readiness.say(f"daemonkit: stopped waiting for the daemon: {exc!r}")
         _posix.exit_now(1)
     _posix.exit_now(0)

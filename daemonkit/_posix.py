@@ -9,15 +9,11 @@ message names the call and the object involved.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import resource
-import signal
 import stat
 import sys
 from collections.abc import Iterable
-
-from .errors import DaemonOSEnvironmentError, DaemonProcessDetachError, PrivilegeError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
@@ -33,6 +29,8 @@ def fork(purpose: str) -> int:
     try:
         return os.fork()
     except OSError as exc:
+        from .errors import DaemonProcessDetachError
+
         raise DaemonProcessDetachError(
             exc.errno, f"cannot fork ({purpose}): {exc.strerror}"
         ) from exc
@@ -43,6 +41,8 @@ def new_session() -> None:
     try:
         os.setsid()
     except OSError as exc:
+        from .errors import DaemonProcessDetachError
+
         raise DaemonProcessDetachError(
             exc.errno, f"cannot start a new session (setsid): {exc.strerror}"
         ) from exc
@@ -87,18 +87,39 @@ def describe_wait_status(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
+# The C signal module: signal.py's wrappers turn every number into an enum
+# and back (in a freshly forked daemon, dozens of calls, each touching memory:
+# copy-on-write faults), and importing signal.py builds those enums (40 kB in
+# every daemon). The C functions take and give plain ints.
+_raw_signal: Any = sys.modules.get("_signal") or __import__("_signal")  # always loaded
+SIG_DFL: int = _raw_signal.SIG_DFL
+SIG_IGN: int = _raw_signal.SIG_IGN
+
+# Signal names and numbers, as signal.Signals has them (the first name of a
+# number is its name: SIGABRT, not SIGIOT).
+SIGNAL_NUMBERS: dict[str, int] = {
+    name: value
+    for name, value in vars(_raw_signal).items()
+    if name.startswith("SIG") and not name.startswith("SIG_") and isinstance(value, int)
+}
+SIGNAL_NAMES: dict[int, str] = {}
+for _name, _number in SIGNAL_NUMBERS.items():
+    SIGNAL_NAMES.setdefault(_number, _name)
+
+
 def signal_name(signum: int) -> str:
     """``SIGTERM`` for 15, or the number if the platform has no name."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return str(signum)
+    return SIGNAL_NAMES.get(signum, str(signum))
 
 
-# signal.py's wrappers turn every number into an enum and back: in a freshly
-# forked daemon that is dozens of calls, each touching memory (copy-on-write
-# faults). The C functions underneath take and give plain ints.
-_raw_signal: Any = sys.modules.get("_signal", signal)
+def raise_signal(signum: int) -> None:
+    """Send ``signum`` to this very thread."""
+    _raw_signal.raise_signal(signum)
+
+
+def set_wakeup_fd(fd: int) -> int:
+    """Python's signal wakeup descriptor (-1: none); returns the previous one."""
+    return int(_raw_signal.set_wakeup_fd(fd, warn_on_full_buffer=False))
 
 
 def block_signals(signals: Iterable[int]) -> set[int]:
@@ -108,12 +129,12 @@ def block_signals(signals: Iterable[int]) -> set[int]:
     as :func:`set_signal_mask` restores the mask, to whatever handler is
     installed by then. The mask survives ``fork`` (and ``exec``).
     """
-    return set(_raw_signal.pthread_sigmask(signal.SIG_BLOCK, signals))
+    return set(_raw_signal.pthread_sigmask(_raw_signal.SIG_BLOCK, signals))
 
 
 def set_signal_mask(mask: Iterable[int]) -> None:
     """Make ``mask`` this thread's set of blocked signals."""
-    _raw_signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _raw_signal.pthread_sigmask(_raw_signal.SIG_SETMASK, mask)
 
 
 # -- descriptors ------------------------------------------------------------
@@ -165,6 +186,8 @@ def settle(closing: list[tuple[int, int]], prevent_core: bool, umask: int, direc
         try:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         except (OSError, ValueError) as exc:
+            from .errors import DaemonOSEnvironmentError
+
             raise DaemonOSEnvironmentError(
                 errno.EPERM, f"cannot disable core dumps (RLIMIT_CORE): {exc}"
             ) from exc
@@ -172,6 +195,8 @@ def settle(closing: list[tuple[int, int]], prevent_core: bool, umask: int, direc
     try:
         os.chdir(directory)
     except OSError as exc:
+        from .errors import DaemonOSEnvironmentError
+
         raise DaemonOSEnvironmentError(
             exc.errno, f"cannot change working directory to {directory!r}: {exc.strerror}"
         ) from exc
@@ -197,7 +222,7 @@ def redirect_and_unblock(
             os.close(fd)
         except OSError:
             pass
-    _raw_signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _raw_signal.pthread_sigmask(_raw_signal.SIG_SETMASK, mask)
 
 
 def max_open_files() -> int:
@@ -212,6 +237,8 @@ def above_stdio(fd: int) -> int:
     """``fd`` itself if it is above 2, else a close-on-exec duplicate that is."""
     if fd > 2:
         return fd
+    import fcntl  # rarely needed: not loaded (50 kB) in every daemon
+
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
@@ -224,6 +251,8 @@ def change_root(directory: str) -> None:
         os.chdir(directory)
         os.chroot(directory)
     except OSError as exc:
+        from .errors import DaemonOSEnvironmentError
+
         raise DaemonOSEnvironmentError(
             exc.errno, f"cannot chroot to {directory!r}: {exc.strerror}"
         ) from exc
@@ -261,10 +290,14 @@ def drop_privileges(uid: int, gid: int, groups: list[int] | None) -> None:
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     except OSError as exc:
+        from .errors import PrivilegeError
+
         raise PrivilegeError(
             exc.errno, f"cannot change process owner to uid {uid}, gid {gid}: {exc.strerror}"
         ) from exc
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        from .errors import PrivilegeError
+
         raise PrivilegeError(
             errno.EPERM,
             f"privilege change to uid {uid}, gid {gid} did not take effect "
@@ -275,6 +308,8 @@ def drop_privileges(uid: int, gid: int, groups: list[int] | None) -> None:
             os.setuid(0)
         except PermissionError:
             return
+        from .errors import PrivilegeError
+
         raise PrivilegeError(
             errno.EPERM, f"root privileges could be regained after switching to uid {uid}"
         )

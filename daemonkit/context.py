@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import FrameType, TracebackType
@@ -27,7 +26,6 @@ from . import _detach, _posix, readiness
 from ._activation import hand_over as hand_over_activation
 from ._logfiles import LogFiles
 from ._plan import Plan, build_plan, resolve_reopen_signal
-from .errors import SignalMapError
 from .signals import (
     StopRequest,
     default_signal_map,
@@ -121,7 +119,7 @@ class DaemonContext:
         *,
         wait_ready: bool = False,
         ready_timeout: float | None = None,
-        reopen_signal: int | str | None = signal.SIGHUP,
+        reopen_signal: int | str | None = "SIGHUP",
         allow_threads: bool = False,
     ) -> None:
         self.chroot_directory = chroot_directory
@@ -176,6 +174,8 @@ class DaemonContext:
         entries stay unless the function replaces them.
         """
         if not signals:
+            from .errors import SignalMapError
+
             raise SignalMapError("on_signal() needs at least one signal, e.g. on_signal('HUP')")
         resolved = [resolve_catchable(sig, "on_signal") for sig in signals]
 
@@ -278,12 +278,12 @@ class DaemonContext:
                 lock.release()
 
     def _check_ready_timeout(self) -> None:
-        from .errors import ConfigurationError
-
         timeout = self.ready_timeout
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
+            from .errors import ConfigurationError
+
             raise ConfigurationError(
                 f"ready_timeout must be a positive number of seconds, not {timeout!r}"
             )
@@ -408,6 +408,8 @@ class DaemonContext:
 def _as_signal_handler(function: Callable[..., Any]) -> Callable[[int, FrameType | None], Any]:
     """``function`` as a ``(signum, frame)`` handler; it may take no argument."""
     if not callable(function):
+        from .errors import SignalMapError
+
         raise SignalMapError(f"on_signal: {function!r} is not callable")
     import inspect
 
@@ -423,6 +425,8 @@ def _as_signal_handler(function: Callable[..., Any]) -> Callable[[int, FrameType
     try:
         parameters.bind()
     except TypeError:
+        from .errors import SignalMapError
+
         raise SignalMapError(
             f"on_signal: {getattr(function, '__qualname__', function)!r} must take "
             "(signum, frame) or no argument"

@@ -20,7 +20,6 @@ import sys
 import time
 
 from . import _posix
-from .errors import StartupError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
@@ -344,6 +343,8 @@ def wait_until_ready(
             outcome.pid = outcome.pid or middle.pid()
         if messages is None:
             _stop_silent_daemon(receiver.fileno(), outcome.pid)
+            from .errors import StartupError
+
             raise StartupError(
                 f"the daemon{_pid_text(outcome.pid)} was not ready within {limit:g} s "
                 "and was stopped; raise ready_timeout if it needs longer",
@@ -354,6 +355,8 @@ def wait_until_ready(
             return outcome
         for message in messages:
             if message.startswith(_ERROR_KEY):
+                from .errors import StartupError
+
                 raise StartupError(
                     f"the daemon{_pid_text(outcome.pid)} failed before it was ready:",
                     details=message[len(_ERROR_KEY) :],
@@ -376,6 +379,8 @@ def _end_of_channel(
     """Judge an end of file on the channel: return if it means ready, else raise."""
     if outcome.pid is None:
         status = _posix.wait_child(middle_pid)
+        from .errors import StartupError
+
         raise StartupError(
             "detaching failed: the intermediate process " + _posix.describe_wait_status(status)
         )
@@ -384,6 +389,8 @@ def _end_of_channel(
     if not _posix.exits_within(outcome.pid, EXEC_GRACE if exec_is_ready else EOF_GRACE):
         if exec_is_ready:
             return
+        from .errors import StartupError
+
         raise StartupError(
             f"the daemon (pid {outcome.pid}) closed its readiness channel without "
             "saying it was ready",
@@ -392,6 +399,8 @@ def _end_of_channel(
     exit_status = middle.exit_status() if middle is not None else None
     how = "exited" if exit_status is None else _posix.describe_wait_status(exit_status)
     when = "at once" if exec_is_ready else "before it was ready"
+    from .errors import StartupError
+
     raise StartupError(f"the daemon (pid {outcome.pid}) {how} {when}", pid=outcome.pid)
 
 

@@ -19,73 +19,83 @@ that threads and event loops can wait on.
 from __future__ import annotations
 
 import os
-import select
-import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-from ._posix import install_handlers
-from .errors import SignalMapError
+from ._posix import (
+    SIG_DFL,
+    SIG_IGN,
+    SIGNAL_NAMES,
+    SIGNAL_NUMBERS,
+    install_handlers,
+    raise_signal,
+    set_wakeup_fd,
+    signal_name,
+)
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Any, TypeAlias
 
-    Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+    Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | None
 
-    ResolvedMap = dict[signal.Signals, Handler]
+    ResolvedMap = dict[int, Handler]
 
     Callback: TypeAlias = Callable[[int, FrameType | None], Any]
 
 
-UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+UNCATCHABLE = frozenset({SIGNAL_NUMBERS["SIGKILL"], SIGNAL_NUMBERS["SIGSTOP"]})
 
 
 def default_signal_map() -> dict[Any, Any]:
     """PEP 3143's default: ignore terminal job control, SIGTERM terminates."""
     mapping: dict[Any, Any] = {
-        sig: None for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+        SIGNAL_NUMBERS[name]: None for name in ("SIGTSTP", "SIGTTIN", "SIGTTOU")
     }
-    mapping[signal.SIGTERM] = "terminate"
+    mapping[SIGNAL_NUMBERS["SIGTERM"]] = "terminate"
     return mapping
 
 
-def resolve_signal(key: object, label: str = "signal_map") -> signal.Signals:
-    """``signal.Signals`` for a Signals, an int or a name such as ``"hup"``.
+def resolve_signal(key: object, label: str = "signal_map") -> int:
+    """The number of a signal given as a ``signal.Signals``, an int or a name (``"hup"``).
 
     ``label`` names the setting in error messages.
     """
-    if isinstance(key, signal.Signals):
-        sig = key
-    elif isinstance(key, int) and not isinstance(key, bool):
-        try:
-            sig = signal.Signals(key)
-        except ValueError:
-            raise SignalMapError(f"{label}: {key} is not a signal number") from None
+    if isinstance(key, int) and not isinstance(key, bool):
+        if key not in SIGNAL_NAMES:
+            from .errors import SignalMapError
+
+            raise SignalMapError(f"{label}: {key} is not a signal number")
+        sig = int(key)
     elif isinstance(key, str):
         name = key.strip().upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
-        try:
-            sig = signal.Signals[name]
-        except KeyError:
+        if name not in SIGNAL_NUMBERS:
+            from .errors import SignalMapError
+
             raise SignalMapError(
                 f"{label}: unknown signal name {key!r} (use names like 'SIGHUP' or 'HUP')"
-            ) from None
+            )
+        sig = SIGNAL_NUMBERS[name]
     else:
+        from .errors import SignalMapError
+
         raise SignalMapError(
             f"{label}: key {key!r} is not a signal (give a signal.Signals, an int or a name)"
         )
     return sig
 
 
-def resolve_catchable(key: object, label: str) -> signal.Signals:
+def resolve_catchable(key: object, label: str) -> int:
     """Like :func:`resolve_signal`, refusing SIGKILL and SIGSTOP."""
     sig = resolve_signal(key, label)
     if sig in UNCATCHABLE:
-        raise SignalMapError(f"{label}: {sig.name} cannot be caught or ignored")
+        from .errors import SignalMapError
+
+        raise SignalMapError(f"{label}: {signal_name(sig)} cannot be caught or ignored")
     return sig
 
 
@@ -95,6 +105,8 @@ def resolve_signal_map(signal_map: Mapping[Any, Any] | None, context: object) ->
     if signal_map is None:
         return resolved
     if not isinstance(signal_map, Mapping):
+        from .errors import SignalMapError
+
         raise SignalMapError(f"signal_map must be a mapping, not {type(signal_map).__name__}")
     for key, value in signal_map.items():
         sig = resolve_catchable(key, "signal_map")
@@ -102,30 +114,34 @@ def resolve_signal_map(signal_map: Mapping[Any, Any] | None, context: object) ->
     return resolved
 
 
-def resolve_handler(sig: signal.Signals, value: object, context: object) -> Handler:
+def resolve_handler(sig: int, value: object, context: object) -> Handler:
     """An installable handler for one map value (see the module docstring)."""
     if value is None:
-        return signal.SIG_IGN
-    if isinstance(value, signal.Handlers):
-        return value
+        return SIG_IGN
     if isinstance(value, str):
         method: Handler = getattr(context, value, None)
         if not callable(method):
+            from .errors import SignalMapError
+
             raise SignalMapError(
-                f"signal_map[{sig.name}]: {value!r} is not a method of {type(context).__name__}"
+                f"signal_map[{signal_name(sig)}]: {value!r} is not a method of "
+                f"{type(context).__name__}"
             )
         return method
     if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return signal.Handlers(value)
-        except ValueError:
+        if value not in (SIG_DFL, SIG_IGN):
+            from .errors import SignalMapError
+
             raise SignalMapError(
-                f"signal_map[{sig.name}]: {value} is neither SIG_DFL nor SIG_IGN"
-            ) from None
+                f"signal_map[{signal_name(sig)}]: {value} is neither SIG_DFL nor SIG_IGN"
+            )
+        return int(value)
     if callable(value):
         return value
+    from .errors import SignalMapError
+
     raise SignalMapError(
-        f"signal_map[{sig.name}]: {value!r} is not a handler "
+        f"signal_map[{signal_name(sig)}]: {value!r} is not a handler "
         "(give a callable, None, signal.SIG_IGN, signal.SIG_DFL or a method name)"
     )
 
@@ -152,7 +168,7 @@ class ReopenThen:
 
 
 def with_reopen(
-    resolved: ResolvedMap, reopen_signal: signal.Signals | None, reopen: Callable[[], object]
+    resolved: ResolvedMap, reopen_signal: int | None, reopen: Callable[[], object]
 ) -> ResolvedMap:
     """``resolved`` with log files reopened on ``reopen_signal`` first.
 
@@ -163,7 +179,7 @@ def with_reopen(
     if reopen_signal is None:
         return resolved
     current = resolved.get(reopen_signal)
-    if current == signal.SIG_DFL and reopen_signal in resolved:
+    if current == SIG_DFL and reopen_signal in resolved:
         return resolved
     then = current if callable(current) else None
     return {**resolved, reopen_signal: ReopenThen(reopen, then)}
@@ -225,6 +241,8 @@ class StopRequest:
         watches the signal wakeup descriptor, which the kernel-level handler
         writes to at once).
         """
+        import select  # only where waited on: not loaded (50 kB) in every daemon
+
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._set:
             watched = [self.fileno()]
@@ -282,7 +300,7 @@ class Dispatcher:
                 self._queue.clear()
                 self._running = False
                 for signum in left:
-                    signal.raise_signal(signum)
+                    raise_signal(signum)
                 raise
             finally:
                 self._running = False
@@ -290,7 +308,7 @@ class Dispatcher:
     def install(self) -> None:
         """(Re)install this dispatcher as the handler of its signals."""
         for signum, handler in self.handlers.items():
-            signal.signal(signum, Dispatched(self, handler))
+            install_handlers([(signum, Dispatched(self, handler))])
 
     def wakeup_fd(self) -> int | None:
         """The read end of a pipe the kernel-level signal handler writes to.
@@ -304,9 +322,9 @@ class Dispatcher:
             return None
         if self.wakeup is None:
             self.wakeup = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        before = signal.set_wakeup_fd(self.wakeup[1], warn_on_full_buffer=False)
+        before = set_wakeup_fd(self.wakeup[1])
         if before not in (-1, self.wakeup[1]):
-            signal.set_wakeup_fd(before)
+            set_wakeup_fd(before)
             return None
         return self.wakeup[0]
 
