@@ -28,13 +28,15 @@ import stat
 import time
 import weakref
 
-from lockfile import AlreadyLocked, LockBase, LockFailed, LockTimeout, NotLocked, NotMyLock
-
-from . import _flock, errors
+from . import _flock
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Any, NoReturn
+
+    from lockfile import AlreadyLocked, LockFailed, LockTimeout, NotLocked, NotMyLock
+
+    from . import errors
 
 __all__ = [
     "PIDFile",
@@ -45,6 +47,22 @@ __all__ = [
 ]
 
 __all__ += ["AlreadyLocked", "LockFailed", "LockTimeout", "NotLocked", "NotMyLock"]
+
+# lockfile's exceptions, re-exported. lockfile itself (which imports socket
+# and threading: about 10 ms and 1 MiB in every daemon) is imported only when
+# one of them is needed: raised, caught or looked up here.
+_LOCKFILE_NAMES = frozenset(
+    {"AlreadyLocked", "LockFailed", "LockTimeout", "NotLocked", "NotMyLock"}
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LOCKFILE_NAMES:
+        import lockfile
+
+        return getattr(lockfile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 MODE = 0o644
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
@@ -117,8 +135,13 @@ class PIDStatus:
     __hash__ = None  # type: ignore[assignment]
 
 
-class PIDFile(LockBase):  # type: ignore[misc]
+class PIDFile:
     """A lock-backed pidfile; lockfile's ``LockBase`` protocol.
+
+    It speaks the protocol without inheriting from ``LockBase``: importing
+    lockfile (which imports socket and threading) would cost every daemon
+    about 10 ms and 1 MiB; it is imported only when one of its exceptions
+    is raised.
 
     ``acquire_timeout`` is the default for :meth:`acquire` (seconds; None or
     <= 0: fail at once with ``AlreadyLocked`` when another process holds it;
@@ -134,8 +157,8 @@ class PIDFile(LockBase):  # type: ignore[misc]
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        # LockBase.__init__ is not called: it looks up the host name for the
-        # separate ".lock" files that lockfile's other classes use.
+        # The attributes LockBase.__init__ would set, without its host name
+        # lookup (for the separate ".lock" files lockfile's other classes use).
         self.path = os.fsdecode(os.fspath(path))
         self.lock_file = self.unique_name = self.path
         if acquire_timeout is None:
@@ -179,7 +202,11 @@ class PIDFile(LockBase):  # type: ignore[misc]
         """Remove (or, without the right to, empty) the file and drop the lock."""
         if not self._holding():
             if self.is_locked():
+                from lockfile import NotMyLock
+
                 raise NotMyLock(f"{self.path} is locked, but not by this process")
+            from lockfile import NotLocked
+
             raise NotLocked(f"{self.path} is not locked")
         fd = self._fd
         assert fd is not None
@@ -299,6 +326,8 @@ class PIDFile(LockBase):  # type: ignore[misc]
         when the file cannot safely be opened.
         """
         if self._holding():
+            from . import errors  # only when failing: not in every daemon
+
             raise errors.AlreadyRunningError(f"{self.path} is already locked by this process")
         self._check_directory()
         deadline = time.monotonic() + timeout if timeout is not None and timeout > 0 else None
@@ -329,6 +358,8 @@ class PIDFile(LockBase):  # type: ignore[misc]
     def write_pid(self, pid: int | None = None) -> None:
         """Write ``pid`` (default: this process) as the file's whole content."""
         if not self._holding():
+            from lockfile import NotLocked
+
             raise NotLocked(f"{self.path} is not locked by this process")
         fd = self._fd
         assert fd is not None
@@ -343,6 +374,8 @@ class PIDFile(LockBase):  # type: ignore[misc]
     def fileno(self) -> int:
         """The locked descriptor (for files_preserve-style bookkeeping)."""
         if self._fd is None:
+            from lockfile import NotLocked
+
             raise NotLocked(f"{self.path} is not locked")
         return self._fd
 
@@ -387,6 +420,8 @@ class PIDFile(LockBase):  # type: ignore[misc]
             errno.EISDIR: "it is a directory; give a file path",
         }.get(exc.errno or 0, "choose another path")
         what = action if action.endswith(":") else f"{action} it:"
+        from . import errors  # only when failing: not in every daemon
+
         return errors.PIDFileError(f"pidfile {self.path}: {what} {exc.strerror} ({advice})")
 
     def _check_directory(self) -> None:
@@ -396,8 +431,12 @@ class PIDFile(LockBase):  # type: ignore[misc]
         except OSError as exc:
             raise self._error(f"its directory {directory} is unusable:", exc) from exc
         if not stat.S_ISDIR(st.st_mode):
+            from . import errors  # only when failing: not in every daemon
+
             raise errors.PIDFileError(f"pidfile {self.path}: {directory} is not a directory")
         if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            from . import errors  # only when failing: not in every daemon
+
             raise errors.PIDFileError(
                 f"pidfile {self.path}: directory {directory} is writable by everyone without "
                 "the sticky bit, so anyone could replace the pidfile; use a private "
@@ -431,6 +470,8 @@ class PIDFile(LockBase):  # type: ignore[misc]
             elif st.st_uid not in (os.geteuid(), 0):
                 problem = f"is owned by uid {st.st_uid}, not by us; remove it"
             if problem:
+                from . import errors  # only when failing: not in every daemon
+
                 raise errors.PIDFileError(f"pidfile {self.path} {problem}")
             if created:
                 os.fchmod(fd, MODE)
@@ -448,10 +489,14 @@ class PIDFile(LockBase):  # type: ignore[misc]
         pid = self.read_pid()
         who = f"running as pid {pid}" if pid else "starting (no pid written yet)"
         if timeout is not None and timeout > 0:
+            from . import errors  # only when failing: not in every daemon
+
             raise errors.PIDFileTimeoutError(
                 f"{self.path} is locked: the daemon is already {who}; "
                 f"still locked after {timeout:g} s"
             )
+        from . import errors  # only when failing: not in every daemon
+
         raise errors.AlreadyRunningError(f"{self.path} is locked: the daemon is already {who}")
 
 
