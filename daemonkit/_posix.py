@@ -13,10 +13,10 @@ import os
 import resource
 import stat
 import sys
-from collections.abc import Iterable
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any, NoReturn
 
 CAP_SETGID = 6

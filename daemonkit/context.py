@@ -19,8 +19,6 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from types import FrameType, TracebackType
 
 from . import _detach, _posix, readiness
 from ._activation import hand_over as hand_over_activation
@@ -37,6 +35,8 @@ from .streams import redirect_plan
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from types import FrameType, TracebackType
     from typing import Any, NoReturn, TypeVar
 
     from .pidfile import PIDFile

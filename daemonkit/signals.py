@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from types import FrameType
+from _collections_abc import Mapping  # always loaded (by os); collections is not
 
 from ._posix import (
     SIG_DFL,
@@ -37,6 +35,8 @@ from ._posix import (
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
     from typing import Any, TypeAlias
 
     Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | None
@@ -276,7 +276,7 @@ class Dispatcher:
 
     def __init__(self, handlers: dict[int, Callback]) -> None:
         self.handlers = handlers
-        self._queue: deque[int] = deque()
+        self._queue: list[int] = []  # a few signals at most
         self._running = False
         self.wakeup: tuple[int, int] | None = None
 
@@ -289,7 +289,7 @@ class Dispatcher:
             self._running = True
             try:
                 while self._queue:
-                    queued = self._queue.popleft()
+                    queued = self._queue.pop(0)
                     handler = self.handlers.get(queued)
                     if handler is not None:
                         _check_result(handler, handler(queued, frame))
