@@ -157,6 +157,7 @@ def plot(rows: list[detach.Row], path: Path) -> str | None:
             ha="right",
             fontsize=8,
         )
+        axis.set_yscale("log")  # daemonize at a high ulimit -n is 20x the rest
         axis.set_title(f"detach latency, ulimit -n {limit}")
         axis.set_ylabel("ms (open() to the first line in the daemon)")
         axis.grid(axis="y", alpha=0.3)
