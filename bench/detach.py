@@ -121,58 +121,32 @@ record(sys.argv[1], start, entered)
 """
 )
 
-DAEMONKIT = (
-    """
+
+def context_launcher(module: str, arguments: str = "") -> str:
+    """A launcher script entering ``<module>.DaemonContext(detach_process=True, ...)``."""
+    return (
+        f"""
 import sys
 import time
 
-import daemonkit
+import {module}
 """
-    + RECORD
-    + """
-context = daemonkit.DaemonContext(detach_process=True)
+        + RECORD
+        + f"""
+context = {module}.DaemonContext(detach_process=True{arguments})
 start = time.monotonic_ns()
 with context:
     entered = time.monotonic_ns()
     record(sys.argv[1], start, entered)
 """
-)
+    )
 
-PYTHON_DAEMON = (
-    """
-import sys
-import time
 
-import daemon
-"""
-    + RECORD
-    + """
-context = daemon.DaemonContext(detach_process=True)
-start = time.monotonic_ns()
-with context:
-    entered = time.monotonic_ns()
-    record(sys.argv[1], start, entered)
-"""
+DAEMONKIT = context_launcher("daemonkit")
+DAEMONKIT_PIDFILE = context_launcher(
+    "daemonkit", ', pidfile=daemonkit.PIDFile(sys.argv[1] + ".pid")'
 )
-
-DAEMONKIT_PIDFILE = (
-    """
-import sys
-import time
-
-import daemonkit
-"""
-    + RECORD
-    + """
-context = daemonkit.DaemonContext(
-    detach_process=True, pidfile=daemonkit.PIDFile(sys.argv[1] + ".pid")
-)
-start = time.monotonic_ns()
-with context:
-    entered = time.monotonic_ns()
-    record(sys.argv[1], start, entered)
-"""
-)
+PYTHON_DAEMON = context_launcher("daemon")
 
 # daemonize: one fork and setsid; its pidfile is not optional.
 DAEMONIZE = (
@@ -382,6 +356,18 @@ def descriptor_limits() -> list[int]:
 # -- one sample --------------------------------------------------------------------
 
 
+def woken_by_exit(pid: int, clock: Callable[[], int]) -> tuple[bool, int]:
+    """Wait (on a pidfd) for ``pid`` to exit; whether it did in time, and when we woke."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        woken = bool(poller.poll(LAUNCHER_TIMEOUT * 1000))
+        return woken, clock()
+    finally:
+        os.close(pidfd)
+
+
 def sample_setsid(row: Row, workdir: Path, tag: str) -> None:
     """``setsid -f date +%s%N``: the same two intervals, on CLOCK_REALTIME."""
     record_path = workdir / f"{tag}.rec"
@@ -394,14 +380,7 @@ def sample_setsid(row: Row, workdir: Path, tag: str) -> None:
             stderr=subprocess.DEVNULL,
             preexec_fn=set_descriptor_limit(row.limit),
         )
-        pidfd = os.pidfd_open(launcher.pid)
-        try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            woken = bool(poller.poll(LAUNCHER_TIMEOUT * 1000))
-            exited = time.time_ns()
-        finally:
-            os.close(pidfd)
+        woken, exited = woken_by_exit(launcher.pid, time.time_ns)
     if not woken or launcher.wait() != 0:
         launcher.kill()
         launcher.wait()
@@ -433,14 +412,7 @@ def sample(python: str, row: Row, workdir: Path, tag: str, daemons: list[Daemon]
             cwd=workdir,
             preexec_fn=set_descriptor_limit(row.limit),
         )
-    pidfd = os.pidfd_open(launcher.pid)
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        woken = bool(poller.poll(LAUNCHER_TIMEOUT * 1000))
-        exited = time.monotonic_ns()
-    finally:
-        os.close(pidfd)
+    woken, exited = woken_by_exit(launcher.pid, time.monotonic_ns)
     if not woken:
         launcher.kill()
         launcher.wait()

@@ -30,7 +30,7 @@ _EXPORTS = {
     "StreamError": "errors",
     "SignalMapError": "errors",
     "ThreadsRunningError": "errors",
-    "StopRequest": "signals",
+    "StopRequest": "_stop",
     "run_async": "_async",
     "DaemonOSEnvironmentError": "errors",
     "PrivilegeError": "errors",
@@ -68,6 +68,7 @@ __all__ = [
 if TYPE_CHECKING:
     from . import notify
     from ._async import run_async
+    from ._stop import StopRequest
     from .app import Daemon
     from .context import DaemonContext
     from .errors import (
@@ -89,7 +90,6 @@ if TYPE_CHECKING:
     )
     from .pidfile import PIDFile
     from .readiness import ready
-    from .signals import StopRequest
 
 
 def __getattr__(name: str) -> object:

@@ -21,10 +21,15 @@ import os
 import select
 
 from . import _posix, readiness
+from ._lazy import LazyModule
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Any, NoReturn
+
+    from . import errors
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
 def _pipe_above_stdio() -> tuple[int, int]:
@@ -152,9 +157,7 @@ def finish_launcher(
                 watch(outcome.pid)
             readiness.wait_until_ready(notify, middle_pid, middle, ready_timeout)
     except BaseException as exc:
-        from .errors import StartupError  # only now: errors is not loaded on success
-
-        if isinstance(exc, StartupError):
+        if isinstance(exc, errors.StartupError):
             readiness.say(f"daemonkit: {exc}")
             if lock is not None and (exc.pid is None or _posix.exits_within(exc.pid, 2.0)):
                 # The launcher still shares the lock: removing the dead daemon's

@@ -14,6 +14,7 @@ import sys
 
 from . import _posix
 from ._activation import activated_fd_numbers, inherited_lock_fds
+from ._lazy import LazyModule
 from ._logfiles import (
     LogFiles,
     file_handlers,
@@ -29,8 +30,11 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Any
 
+    from . import errors
     from .context import DaemonContext
     from .signals import ResolvedMap
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
 class OwnerChange:
@@ -67,25 +71,19 @@ class Plan:
 def _check_directory(label: str, path: str, shown: str | None = None) -> None:
     shown = shown or path
     if not os.path.exists(path):
-        from .errors import DirectoryError
-
-        raise DirectoryError(f"{label} {shown!r} does not exist; create it or choose another")
+        raise errors.DirectoryError(
+            f"{label} {shown!r} does not exist; create it or choose another"
+        )
     if not os.path.isdir(path):
-        from .errors import DirectoryError
-
-        raise DirectoryError(f"{label} {shown!r} is not a directory")
+        raise errors.DirectoryError(f"{label} {shown!r} is not a directory")
     if not os.access(path, os.X_OK):
-        from .errors import DirectoryError
-
-        raise DirectoryError(f"{label} {shown!r} is not searchable by uid {os.geteuid()}")
+        raise errors.DirectoryError(f"{label} {shown!r} is not searchable by uid {os.geteuid()}")
 
 
 def _as_path(label: str, value: object) -> str:
     if isinstance(value, (str, bytes, os.PathLike)):
         return os.fsdecode(os.fspath(value))
-    from .errors import ConfigurationError
-
-    raise ConfigurationError(f"{label} must be a path, not {type(value).__name__}")
+    raise errors.ConfigurationError(f"{label} must be a path, not {type(value).__name__}")
 
 
 def _lookup_user(uid: object) -> Any:
@@ -97,14 +95,10 @@ def _lookup_user(uid: object) -> Any:
         if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0:
             return pwd.getpwuid(uid)
     except KeyError:
-        from .errors import UnknownUserError
-
-        raise UnknownUserError(
+        raise errors.UnknownUserError(
             f"uid: no user {uid!r} in the user database; create it or choose another"
         ) from None
-    from .errors import ConfigurationError
-
-    raise ConfigurationError(f"uid must be a user name or a uid number, not {uid!r}")
+    raise errors.ConfigurationError(f"uid must be a user name or a uid number, not {uid!r}")
 
 
 def _lookup_gid(gid: object) -> int:
@@ -116,14 +110,10 @@ def _lookup_gid(gid: object) -> int:
         if isinstance(gid, int) and not isinstance(gid, bool) and gid >= 0:
             return grp.getgrgid(gid).gr_gid
     except KeyError:
-        from .errors import UnknownGroupError
-
-        raise UnknownGroupError(
+        raise errors.UnknownGroupError(
             f"gid: no group {gid!r} in the group database; create it or choose another"
         ) from None
-    from .errors import ConfigurationError
-
-    raise ConfigurationError(f"gid must be a group name or a gid number, not {gid!r}")
+    raise errors.ConfigurationError(f"gid must be a group name or a gid number, not {gid!r}")
 
 
 def resolve_owner(uid: object, gid: object, initgroups: bool) -> OwnerChange | None:
@@ -152,17 +142,13 @@ def resolve_owner(uid: object, gid: object, initgroups: bool) -> OwnerChange | N
     if not (uid_changes or gid_changes or initgroups):
         return None
     if uid_changes and not _posix.has_capability(_posix.CAP_SETUID):
-        from .errors import PrivilegeError
-
-        raise PrivilegeError(
+        raise errors.PrivilegeError(
             1,
             f"cannot switch to user {uid!r}: changing user needs root "
             f"(running as uid {os.geteuid()})",
         )
     if (gid_changes or initgroups) and not _posix.has_capability(_posix.CAP_SETGID):
-        from .errors import PrivilegeError
-
-        raise PrivilegeError(
+        raise errors.PrivilegeError(
             1,
             f"cannot switch to group {gid!r}: changing group needs root "
             f"(running as uid {os.geteuid()})",
@@ -182,18 +168,14 @@ def preserved_descriptors(files_preserve: object) -> set[int]:
     if files_preserve is None:
         return set()
     if isinstance(files_preserve, (str, bytes)) or not hasattr(files_preserve, "__iter__"):
-        from .errors import ConfigurationError
-
-        raise ConfigurationError(
+        raise errors.ConfigurationError(
             f"files_preserve must be a list of descriptors, file objects or handlers, "
             f"not {files_preserve!r}"
         )
     preserved: set[int] = set()
     for item in files_preserve:
         if isinstance(item, (str, bytes, bool, float)) or (isinstance(item, int) and item < 0):
-            from .errors import ConfigurationError
-
-            raise ConfigurationError(
+            raise errors.ConfigurationError(
                 f"files_preserve: {item!r} is not a descriptor, file object or logging handler"
             )
         fd = file_descriptor(item)
@@ -206,9 +188,7 @@ def preserved_descriptors(files_preserve: object) -> set[int]:
 
 def _check_umask(umask: object) -> int:
     if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777:
-        from .errors import ConfigurationError
-
-        raise ConfigurationError(f"umask must be an int from 0 to 0o777, not {umask!r}")
+        raise errors.ConfigurationError(f"umask must be an int from 0 to 0o777, not {umask!r}")
     return umask
 
 
@@ -223,9 +203,7 @@ def _refuse_if_threaded() -> None:
         if thread is not current and not thread.name.startswith("daemonkit-")
     ]
     if others:
-        from .errors import ThreadsRunningError
-
-        raise ThreadsRunningError(
+        raise errors.ThreadsRunningError(
             f"DaemonContext.open() with other threads running ({', '.join(others)}): "
             "fork copies only the calling thread, so they would silently not exist in "
             "the daemon (and a lock one of them holds would stay locked forever). "
@@ -251,9 +229,7 @@ def _log_files(context: DaemonContext, plan: Plan, handlers: list[Any]) -> LogFi
 def build_plan(context: DaemonContext) -> Plan:
     """Validate every policy of ``context``; open stream files last."""
     if not _posix.platform_supported():
-        from .errors import ConfigurationError
-
-        raise ConfigurationError("daemonkit needs a POSIX system with fork()")
+        raise errors.ConfigurationError("daemonkit needs a POSIX system with fork()")
     if context.detach_process is None:
         plan = Plan(*_posix.detach_decision())
     else:
@@ -262,9 +238,7 @@ def build_plan(context: DaemonContext) -> Plan:
         chroot = os.path.abspath(_as_path("chroot_directory", context.chroot_directory))
         _check_directory("chroot_directory", chroot)
         if not _posix.has_capability(_posix.CAP_SYS_CHROOT):
-            from .errors import PrivilegeError
-
-            raise PrivilegeError(
+            raise errors.PrivilegeError(
                 1, f"cannot chroot to {chroot!r}: chroot needs root (running as uid {os.geteuid()})"
             )
         plan.chroot_directory = chroot

@@ -14,10 +14,16 @@ import resource
 import stat
 import sys
 
+from ._lazy import LazyModule
+
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any, NoReturn
+
+    from . import errors
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 CAP_SETGID = 6
 CAP_SETUID = 7
@@ -25,13 +31,11 @@ CAP_SYS_CHROOT = 18
 
 
 def fork(purpose: str) -> int:
-    """Fork, raising :class:`DaemonProcessDetachError` naming ``purpose``."""
+    """Fork, raising :class:`~daemonkit.errors.DaemonProcessDetachError` naming ``purpose``."""
     try:
         return os.fork()
     except OSError as exc:
-        from .errors import DaemonProcessDetachError
-
-        raise DaemonProcessDetachError(
+        raise errors.DaemonProcessDetachError(
             exc.errno, f"cannot fork ({purpose}): {exc.strerror}"
         ) from exc
 
@@ -41,9 +45,7 @@ def new_session() -> None:
     try:
         os.setsid()
     except OSError as exc:
-        from .errors import DaemonProcessDetachError
-
-        raise DaemonProcessDetachError(
+        raise errors.DaemonProcessDetachError(
             exc.errno, f"cannot start a new session (setsid): {exc.strerror}"
         ) from exc
 
@@ -186,18 +188,14 @@ def settle(closing: list[tuple[int, int]], prevent_core: bool, umask: int, direc
         try:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         except (OSError, ValueError) as exc:
-            from .errors import DaemonOSEnvironmentError
-
-            raise DaemonOSEnvironmentError(
+            raise errors.DaemonOSEnvironmentError(
                 errno.EPERM, f"cannot disable core dumps (RLIMIT_CORE): {exc}"
             ) from exc
     os.umask(umask)
     try:
         os.chdir(directory)
     except OSError as exc:
-        from .errors import DaemonOSEnvironmentError
-
-        raise DaemonOSEnvironmentError(
+        raise errors.DaemonOSEnvironmentError(
             exc.errno, f"cannot change working directory to {directory!r}: {exc.strerror}"
         ) from exc
 
@@ -251,9 +249,7 @@ def change_root(directory: str) -> None:
         os.chdir(directory)
         os.chroot(directory)
     except OSError as exc:
-        from .errors import DaemonOSEnvironmentError
-
-        raise DaemonOSEnvironmentError(
+        raise errors.DaemonOSEnvironmentError(
             exc.errno, f"cannot chroot to {directory!r}: {exc.strerror}"
         ) from exc
 
@@ -290,15 +286,11 @@ def drop_privileges(uid: int, gid: int, groups: list[int] | None) -> None:
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     except OSError as exc:
-        from .errors import PrivilegeError
-
-        raise PrivilegeError(
+        raise errors.PrivilegeError(
             exc.errno, f"cannot change process owner to uid {uid}, gid {gid}: {exc.strerror}"
         ) from exc
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
-        from .errors import PrivilegeError
-
-        raise PrivilegeError(
+        raise errors.PrivilegeError(
             errno.EPERM,
             f"privilege change to uid {uid}, gid {gid} did not take effect "
             f"(uids {os.getresuid()}, gids {os.getresgid()})",
@@ -308,9 +300,7 @@ def drop_privileges(uid: int, gid: int, groups: list[int] | None) -> None:
             os.setuid(0)
         except PermissionError:
             return
-        from .errors import PrivilegeError
-
-        raise PrivilegeError(
+        raise errors.PrivilegeError(
             errno.EPERM, f"root privileges could be regained after switching to uid {uid}"
         )
 

@@ -22,10 +22,11 @@ import sys
 
 from . import _detach, _posix, readiness
 from ._activation import hand_over as hand_over_activation
+from ._lazy import LazyModule
 from ._logfiles import LogFiles
 from ._plan import Plan, build_plan, resolve_reopen_signal
+from ._stop import StopRequest
 from .signals import (
-    StopRequest,
     default_signal_map,
     resolve_catchable,
     resolve_signal_map,
@@ -39,9 +40,12 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
     from typing import Any, NoReturn, TypeVar
 
+    from . import errors
     from .pidfile import PIDFile
 
     F = TypeVar("F", bound=Callable[..., Any])
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 __all__ = ["DaemonContext"]
 
@@ -157,7 +161,7 @@ class DaemonContext:
 
     @signal_map.setter
     def signal_map(self, value: Mapping[Any, Any]) -> None:
-        resolve_signal_map(value, self)  # raises SignalMapError naming the entry
+        resolve_signal_map(value, self)  # raises errors.SignalMapError naming the entry
         self._signal_map = value
 
     def on_signal(self, *signals: int | str) -> Callable[[F], F]:
@@ -174,9 +178,9 @@ class DaemonContext:
         entries stay unless the function replaces them.
         """
         if not signals:
-            from .errors import SignalMapError
-
-            raise SignalMapError("on_signal() needs at least one signal, e.g. on_signal('HUP')")
+            raise errors.SignalMapError(
+                "on_signal() needs at least one signal, e.g. on_signal('HUP')"
+            )
         resolved = [resolve_catchable(sig, "on_signal") for sig in signals]
 
         def register(function: F) -> F:
@@ -282,9 +286,7 @@ class DaemonContext:
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
-            from .errors import ConfigurationError
-
-            raise ConfigurationError(
+            raise errors.ConfigurationError(
                 f"ready_timeout must be a positive number of seconds, not {timeout!r}"
             )
 
@@ -408,9 +410,7 @@ class DaemonContext:
 def _as_signal_handler(function: Callable[..., Any]) -> Callable[[int, FrameType | None], Any]:
     """``function`` as a ``(signum, frame)`` handler; it may take no argument."""
     if not callable(function):
-        from .errors import SignalMapError
-
-        raise SignalMapError(f"on_signal: {function!r} is not callable")
+        raise errors.SignalMapError(f"on_signal: {function!r} is not callable")
     import inspect
 
     try:
@@ -425,9 +425,7 @@ def _as_signal_handler(function: Callable[..., Any]) -> Callable[[int, FrameType
     try:
         parameters.bind()
     except TypeError:
-        from .errors import SignalMapError
-
-        raise SignalMapError(
+        raise errors.SignalMapError(
             f"on_signal: {getattr(function, '__qualname__', function)!r} must take "
             "(signum, frame) or no argument"
         ) from None

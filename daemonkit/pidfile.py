@@ -29,6 +29,7 @@ import time
 import weakref
 
 from . import _flock
+from ._lazy import LazyModule
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from lockfile import AlreadyLocked, LockFailed, LockTimeout, NotLocked, NotMyLock
 
     from . import errors
+
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 __all__ = [
     "PIDFile",
@@ -326,8 +330,6 @@ class PIDFile:
         when the file cannot safely be opened.
         """
         if self._holding():
-            from . import errors  # only when failing: not in every daemon
-
             raise errors.AlreadyRunningError(f"{self.path} is already locked by this process")
         self._check_directory()
         deadline = time.monotonic() + timeout if timeout is not None and timeout > 0 else None
@@ -420,8 +422,6 @@ class PIDFile:
             errno.EISDIR: "it is a directory; give a file path",
         }.get(exc.errno or 0, "choose another path")
         what = action if action.endswith(":") else f"{action} it:"
-        from . import errors  # only when failing: not in every daemon
-
         return errors.PIDFileError(f"pidfile {self.path}: {what} {exc.strerror} ({advice})")
 
     def _check_directory(self) -> None:
@@ -431,12 +431,8 @@ class PIDFile:
         except OSError as exc:
             raise self._error(f"its directory {directory} is unusable:", exc) from exc
         if not stat.S_ISDIR(st.st_mode):
-            from . import errors  # only when failing: not in every daemon
-
             raise errors.PIDFileError(f"pidfile {self.path}: {directory} is not a directory")
         if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-            from . import errors  # only when failing: not in every daemon
-
             raise errors.PIDFileError(
                 f"pidfile {self.path}: directory {directory} is writable by everyone without "
                 "the sticky bit, so anyone could replace the pidfile; use a private "
@@ -470,8 +466,6 @@ class PIDFile:
             elif st.st_uid not in (os.geteuid(), 0):
                 problem = f"is owned by uid {st.st_uid}, not by us; remove it"
             if problem:
-                from . import errors  # only when failing: not in every daemon
-
                 raise errors.PIDFileError(f"pidfile {self.path} {problem}")
             if created:
                 os.fchmod(fd, MODE)
@@ -489,14 +483,10 @@ class PIDFile:
         pid = self.read_pid()
         who = f"running as pid {pid}" if pid else "starting (no pid written yet)"
         if timeout is not None and timeout > 0:
-            from . import errors  # only when failing: not in every daemon
-
             raise errors.PIDFileTimeoutError(
                 f"{self.path} is locked: the daemon is already {who}; "
                 f"still locked after {timeout:g} s"
             )
-        from . import errors  # only when failing: not in every daemon
-
         raise errors.AlreadyRunningError(f"{self.path} is locked: the daemon is already {who}")
 
 

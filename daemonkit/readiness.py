@@ -20,10 +20,13 @@ import sys
 import time
 
 from . import _posix
+from ._lazy import LazyModule
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Protocol
+
+    from . import errors
 
     class Receiver(Protocol):
         """Where the launcher reads the daemon's sd_notify-style messages from."""
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
         def fileno(self) -> int: ...
 
         def receive(self, deadline: float) -> list[str] | None: ...
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
 DEFAULT_READY_TIMEOUT = 90.0  # seconds; systemd's default TimeoutStartSec
@@ -326,7 +331,7 @@ def wait_until_ready(
     show_status: bool = True,
     exec_is_ready: bool = False,
 ) -> Outcome:
-    """Wait for READY=1 from ``receiver``; raise :class:`StartupError` otherwise.
+    """Wait for READY=1 from ``receiver``; raise :class:`~daemonkit.errors.StartupError` otherwise.
 
     ``middle`` is the intermediate process's report (None when the program
     was not started by daemonkit's double fork). When the channel reaches
@@ -343,9 +348,7 @@ def wait_until_ready(
             outcome.pid = outcome.pid or middle.pid()
         if messages is None:
             _stop_silent_daemon(receiver.fileno(), outcome.pid)
-            from .errors import StartupError
-
-            raise StartupError(
+            raise errors.StartupError(
                 f"the daemon{_pid_text(outcome.pid)} was not ready within {limit:g} s "
                 "and was stopped; raise ready_timeout if it needs longer",
                 pid=outcome.pid,
@@ -355,9 +358,7 @@ def wait_until_ready(
             return outcome
         for message in messages:
             if message.startswith(_ERROR_KEY):
-                from .errors import StartupError
-
-                raise StartupError(
+                raise errors.StartupError(
                     f"the daemon{_pid_text(outcome.pid)} failed before it was ready:",
                     details=message[len(_ERROR_KEY) :],
                     pid=outcome.pid,
@@ -379,9 +380,7 @@ def _end_of_channel(
     """Judge an end of file on the channel: return if it means ready, else raise."""
     if outcome.pid is None:
         status = _posix.wait_child(middle_pid)
-        from .errors import StartupError
-
-        raise StartupError(
+        raise errors.StartupError(
             "detaching failed: the intermediate process " + _posix.describe_wait_status(status)
         )
     # A dying process closes its descriptors a moment before it becomes a
@@ -389,9 +388,7 @@ def _end_of_channel(
     if not _posix.exits_within(outcome.pid, EXEC_GRACE if exec_is_ready else EOF_GRACE):
         if exec_is_ready:
             return
-        from .errors import StartupError
-
-        raise StartupError(
+        raise errors.StartupError(
             f"the daemon (pid {outcome.pid}) closed its readiness channel without "
             "saying it was ready",
             pid=outcome.pid,
@@ -399,9 +396,7 @@ def _end_of_channel(
     exit_status = middle.exit_status() if middle is not None else None
     how = "exited" if exit_status is None else _posix.describe_wait_status(exit_status)
     when = "at once" if exec_is_ready else "before it was ready"
-    from .errors import StartupError
-
-    raise StartupError(f"the daemon (pid {outcome.pid}) {how} {when}", pid=outcome.pid)
+    raise errors.StartupError(f"the daemon (pid {outcome.pid}) {how} {when}", pid=outcome.pid)
 
 
 def _pid_text(pid: int | None) -> str:

@@ -12,16 +12,16 @@ In the daemon, Python-level handlers are run by one :class:`Dispatcher`:
 a handler never runs inside another (a signal that arrives meanwhile is
 queued and handled right after), and signals that arrive during the
 daemon's setup are held back (blocked) until the handlers are installed,
-then delivered, not lost. :class:`StopRequest` is a flag with a self-pipe
-that threads and event loops can wait on.
+then delivered, not lost. (:class:`~daemonkit.StopRequest`, in ``_stop``,
+is the flag with a self-pipe that threads and event loops wait on.)
 """
 
 from __future__ import annotations
 
 import os
-import time
 from _collections_abc import Mapping  # always loaded (by os); collections is not
 
+from ._lazy import LazyModule
 from ._posix import (
     SIG_DFL,
     SIG_IGN,
@@ -39,11 +39,15 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any, TypeAlias
 
+    from . import errors
+
     Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | None
 
     ResolvedMap = dict[int, Handler]
 
     Callback: TypeAlias = Callable[[int, FrameType | None], Any]
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
 UNCATCHABLE = frozenset({SIGNAL_NUMBERS["SIGKILL"], SIGNAL_NUMBERS["SIGSTOP"]})
@@ -65,25 +69,19 @@ def resolve_signal(key: object, label: str = "signal_map") -> int:
     """
     if isinstance(key, int) and not isinstance(key, bool):
         if key not in SIGNAL_NAMES:
-            from .errors import SignalMapError
-
-            raise SignalMapError(f"{label}: {key} is not a signal number")
+            raise errors.SignalMapError(f"{label}: {key} is not a signal number")
         sig = int(key)
     elif isinstance(key, str):
         name = key.strip().upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
         if name not in SIGNAL_NUMBERS:
-            from .errors import SignalMapError
-
-            raise SignalMapError(
+            raise errors.SignalMapError(
                 f"{label}: unknown signal name {key!r} (use names like 'SIGHUP' or 'HUP')"
             )
         sig = SIGNAL_NUMBERS[name]
     else:
-        from .errors import SignalMapError
-
-        raise SignalMapError(
+        raise errors.SignalMapError(
             f"{label}: key {key!r} is not a signal (give a signal.Signals, an int or a name)"
         )
     return sig
@@ -93,9 +91,7 @@ def resolve_catchable(key: object, label: str) -> int:
     """Like :func:`resolve_signal`, refusing SIGKILL and SIGSTOP."""
     sig = resolve_signal(key, label)
     if sig in UNCATCHABLE:
-        from .errors import SignalMapError
-
-        raise SignalMapError(f"{label}: {signal_name(sig)} cannot be caught or ignored")
+        raise errors.SignalMapError(f"{label}: {signal_name(sig)} cannot be caught or ignored")
     return sig
 
 
@@ -105,9 +101,9 @@ def resolve_signal_map(signal_map: Mapping[Any, Any] | None, context: object) ->
     if signal_map is None:
         return resolved
     if not isinstance(signal_map, Mapping):
-        from .errors import SignalMapError
-
-        raise SignalMapError(f"signal_map must be a mapping, not {type(signal_map).__name__}")
+        raise errors.SignalMapError(
+            f"signal_map must be a mapping, not {type(signal_map).__name__}"
+        )
     for key, value in signal_map.items():
         sig = resolve_catchable(key, "signal_map")
         resolved[sig] = resolve_handler(sig, value, context)
@@ -121,26 +117,20 @@ def resolve_handler(sig: int, value: object, context: object) -> Handler:
     if isinstance(value, str):
         method: Handler = getattr(context, value, None)
         if not callable(method):
-            from .errors import SignalMapError
-
-            raise SignalMapError(
+            raise errors.SignalMapError(
                 f"signal_map[{signal_name(sig)}]: {value!r} is not a method of "
                 f"{type(context).__name__}"
             )
         return method
     if isinstance(value, int) and not isinstance(value, bool):
         if value not in (SIG_DFL, SIG_IGN):
-            from .errors import SignalMapError
-
-            raise SignalMapError(
+            raise errors.SignalMapError(
                 f"signal_map[{signal_name(sig)}]: {value} is neither SIG_DFL nor SIG_IGN"
             )
         return int(value)
     if callable(value):
         return value
-    from .errors import SignalMapError
-
-    raise SignalMapError(
+    raise errors.SignalMapError(
         f"signal_map[{signal_name(sig)}]: {value!r} is not a handler "
         "(give a callable, None, signal.SIG_IGN, signal.SIG_DFL or a method name)"
     )
@@ -183,85 +173,6 @@ def with_reopen(
         return resolved
     then = current if callable(current) else None
     return {**resolved, reopen_signal: ReopenThen(reopen, then)}
-
-
-class StopRequest:
-    """A flag that says "stop was requested", with a pipe to wait on.
-
-    Setting it from a signal handler is safe (no lock is taken, unlike
-    ``threading.Event``, whose lock a handler could find held by the very
-    thread it interrupted). Any number of threads can :meth:`wait`;
-    :meth:`fileno` is readable once it is set, for ``select`` loops and
-    ``loop.add_reader``.
-    """
-
-    def __init__(self) -> None:
-        self._set = False
-        self._pipe: tuple[int, int] | None = None
-
-    def is_set(self) -> bool:
-        """True once a stop was requested."""
-        return self._set
-
-    def set(self) -> None:
-        """Request the stop and wake every waiter."""
-        self._set = True
-        pipe = self._pipe
-        if pipe is not None:
-            try:
-                os.write(pipe[1], b"!")
-            except OSError:  # pragma: no cover - a full pipe is readable anyway
-                pass
-
-    def fileno(self) -> int:
-        """A descriptor that becomes readable when the stop is requested."""
-        pipe = self._pipe
-        if pipe is None:
-            read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            if self._pipe is None:
-                self._pipe = pipe = (read_end, write_end)
-            else:  # pragma: no cover - another thread made one meanwhile
-                os.close(read_end)
-                os.close(write_end)
-                pipe = self._pipe
-            if self._set:  # set() ran before the pipe existed
-                self.set()
-        return pipe[0]
-
-    def descriptors(self) -> list[int]:
-        """The pipe's descriptors, if it was made (kept open across the detach)."""
-        return list(self._pipe or ())
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the stop is requested or ``timeout`` passes; returns :meth:`is_set`.
-
-        A signal-friendly ``time.sleep``: in the main thread of a daemon,
-        every signal handler still runs promptly while it waits, even one
-        whose signal arrived just before the wait began (the wait also
-        watches the signal wakeup descriptor, which the kernel-level handler
-        writes to at once).
-        """
-        import select  # only where waited on: not loaded (50 kB) in every daemon
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._set:
-            watched = [self.fileno()]
-            wakeup = _main_thread_wakeup()
-            if wakeup is not None:
-                watched.append(wakeup)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            readable = select.select(watched, [], [], remaining)[0]
-            if wakeup is not None and wakeup in readable:
-                _drain(wakeup)  # the handlers run at the next bytecode boundary
-        return self._set
-
-    def __bool__(self) -> bool:
-        return self._set
-
-    def __repr__(self) -> str:
-        return f"<StopRequest {'set' if self._set else 'not set'}>"
 
 
 class Dispatcher:
@@ -357,26 +268,6 @@ class Dispatched:
         return f"<daemonkit signal handler {self.__wrapped__!r}>"
 
 
-def _main_thread_wakeup() -> int | None:
-    """The dispatcher's wakeup pipe, if one is active and this is the main thread."""
-    dispatcher = _active
-    if dispatcher is None:
-        return None
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return dispatcher.wakeup_fd()
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except OSError:  # BlockingIOError: empty now
-        pass
-
-
 def _check_result(handler: Callback, result: object) -> None:
     """A coroutine handler outside an event loop would silently never run: say so."""
     close = getattr(result, "close", None)
@@ -391,6 +282,18 @@ def _check_result(handler: Callback, result: object) -> None:
             os.write(2, message.encode())
         except OSError:
             pass
+
+
+def main_thread_wakeup() -> int | None:
+    """The dispatcher's wakeup pipe, if one is active and this is the main thread."""
+    dispatcher = _active
+    if dispatcher is None:
+        return None
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return dispatcher.wakeup_fd()
 
 
 _active: Dispatcher | None = None

@@ -17,10 +17,15 @@ from __future__ import annotations
 import os
 
 from . import _posix
+from ._lazy import LazyModule
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Any
+
+    from . import errors
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 STREAM_NAMES = ("stdin", "stdout", "stderr")
 
@@ -122,9 +127,9 @@ def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
 
         code = errorcode.get(exc.errno or 0, "")
         advice = hint.get(code, "choose a path the launching process can open")
-        from .errors import StreamError
-
-        raise StreamError(f"{name}: cannot open {path!r}: {exc.strerror} ({advice})") from exc
+        raise errors.StreamError(
+            f"{name}: cannot open {path!r}: {exc.strerror} ({advice})"
+        ) from exc
     if created:
         targets.created.append(path)
     targets.owned.append(fd)
@@ -151,18 +156,16 @@ def resolve_streams(policies: dict[str, Any], umask: int) -> StreamTargets:
                 continue
             fd = file_descriptor(value)
             if fd is None:
-                from .errors import StreamError
-
-                raise StreamError(
+                raise errors.StreamError(
                     f"{name}: {value!r} has no usable fileno(); give a real file "
                     "object, a path, or None for /dev/null"
                 )
             try:
                 os.fstat(fd)
             except OSError as exc:
-                from .errors import StreamError
-
-                raise StreamError(f"{name}: descriptor {fd} of {value!r} is not open") from exc
+                raise errors.StreamError(
+                    f"{name}: descriptor {fd} of {value!r} is not open"
+                ) from exc
             targets.fds[index] = fd
     except BaseException:
         targets.discard()

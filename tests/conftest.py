@@ -337,3 +337,115 @@ def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
     except ProcessLookupError:
         return True
     return wait_gone(pid, timeout)
+
+
+# A subreaper: runs the launcher, then reaps every orphan (the daemon), so a
+# daemon's real exit status, which only its parent can learn, is known. It
+# also notes when the launcher's exit was seen, on the monotonic clock.
+SUBREAPER = """\
+import ctypes, json, os, subprocess, sys, time
+PR_SET_CHILD_SUBREAPER = 36
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
+result = sys.argv[1]
+launcher = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL)
+statuses = {"launcher": launcher.wait()}
+launcher_ended = time.monotonic()
+while True:  # every orphaned descendant (the daemon) is ours to reap
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        break
+    statuses[str(pid)] = os.waitstatus_to_exitcode(status)
+with open(result + ".tmp", "w") as out:
+    json.dump({"statuses": statuses, "launcher_ended": launcher_ended}, out)
+os.rename(result + ".tmp", result)
+"""
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid``, None once it is gone (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[1])
+
+
+class Supervised:
+    """A daemon script's launcher, run under a subreaper that records every exit status."""
+
+    def __init__(
+        self, daemons: Daemons, tmp_path: Path, body: str, args: list[str] | None = None
+    ) -> None:
+        script = daemons.script(body)
+        self.report = daemons.report_path()
+        self.result = tmp_path / f"statuses_{daemons.count}.json"
+        reaper = tmp_path / "subreaper.py"
+        reaper.write_text(SUBREAPER)
+        self.stderr = tmp_path / f"stderr_{daemons.count}.txt"
+        command = [sys.executable, str(script), str(self.report), *(args or [])]
+        with open(self.stderr, "w") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(reaper), str(self.result), *command],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                cwd=tmp_path,
+            )
+        daemons.track(self.proc.pid)
+        self.daemons = daemons
+
+    def diagnostics(self) -> str:
+        """The launcher's stderr and the daemon's log (REPORT.log), for failure messages."""
+        log = Path(f"{self.report}.log")
+        text = log.read_text() if log.exists() else ""
+        return f"{self.stderr.read_text()!r}, daemon log: {text!r}"
+
+    def read_report(self) -> dict[str, Any]:
+        """The daemon's report, once the subreaper has adopted the daemon.
+
+        Until the launcher has left, the double fork's intermediate process
+        is the daemon's parent, and would reap it (its status unseen here)
+        if a signal ended it now. The launcher's and the daemon's pids are
+        tracked.
+        """
+        try:
+            data = self.daemons.read_report(self.report)
+        except pytest.fail.Exception:
+            pytest.fail(f"no daemon report; stderr: {self.diagnostics()}")
+        finally:
+            launcher = Path(f"{self.report}.launcher")
+            if launcher.exists():  # written before open(): the launcher's own pid
+                self.daemons.track(json.loads(launcher.read_text())["pid"])
+        deadline = time.monotonic() + 10
+        while parent_of(data["pid"]) not in (self.proc.pid, None):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the subreaper did not adopt daemon {data['pid']}")
+            time.sleep(0.005)
+        return data
+
+    def finish(self, daemon_pid: int, timeout: float = 10.0) -> tuple[dict[str, int], float]:
+        """Exit statuses of the launcher and the daemon once all are gone, and
+        when the launcher's exit was seen (monotonic clock).
+
+        The intermediate process of the double fork, reaped here too once the
+        launcher has left, must have exited 0; it is left out of the result.
+        """
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the subreaper did not finish: some descendant is still running")
+        assert self.proc.returncode == 0, self.diagnostics()
+        data = json.loads(self.result.read_text())
+        statuses: dict[str, int] = data["statuses"]
+        ours = {"launcher", str(daemon_pid)}
+        others = {pid: status for pid, status in statuses.items() if pid not in ours}
+        assert len(others) <= 1 and set(others.values()) <= {0}, statuses
+        mine = {pid: status for pid, status in statuses.items() if pid in ours}
+        return mine, float(data["launcher_ended"])
+
+    def statuses(self, daemon_pid: int, timeout: float = 10.0) -> dict[str, int]:
+        """Exit statuses of the launcher and the daemon, once all are gone."""
+        return self.finish(daemon_pid, timeout)[0]

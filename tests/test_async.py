@@ -19,39 +19,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import Daemons, wait_gone
+from conftest import Daemons, Supervised, wait_gone
 from test_signals import kernel_dispositions
 
 import daemonkit
-
-# The subreaper: runs the launcher, then reaps every orphan (the daemon).
-# It also notes when the launcher's exit was seen, on the monotonic clock.
-REAPER = """\
-import ctypes, json, os, subprocess, sys, time
-PR_SET_CHILD_SUBREAPER = 36
-if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-    sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
-result = sys.argv[1]
-launcher = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL)
-statuses = {"launcher": launcher.wait()}
-launcher_ended = time.monotonic()
-while True:
-    try:
-        pid, status = os.wait()
-    except ChildProcessError:
-        break
-    statuses[str(pid)] = os.waitstatus_to_exitcode(status)
-with open(result + ".tmp", "w") as out:
-    json.dump({"statuses": statuses, "launcher_ended": launcher_ended}, out)
-os.rename(result + ".tmp", result)
-"""
 
 # Added to every daemon script after conftest's prelude.
 MARKS = """\
@@ -83,65 +59,13 @@ with context:
 """
 
 
-class Reaped:
-    """A launcher started under a subreaper that records every exit status."""
+class Reaped(Supervised):
+    """A ``Supervised`` daemon script with ``mark()`` and ``dump()`` defined."""
 
     def __init__(
         self, daemons: Daemons, tmp_path: Path, body: str, args: list[str] | None = None
     ) -> None:
-        script = daemons.script(MARKS + body)
-        self.report = daemons.report_path()
-        self.result = tmp_path / f"reaped_{daemons.count}.json"
-        reaper = tmp_path / "reaper.py"
-        reaper.write_text(REAPER)
-        self.stderr = tmp_path / f"stderr_{daemons.count}.txt"
-        command = [sys.executable, str(script), str(self.report), *(args or [])]
-        with open(self.stderr, "w") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(reaper), str(self.result), *command],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                cwd=tmp_path,
-            )
-        daemons.track(self.proc.pid)
-        self.daemons = daemons
-
-    def read_report(self) -> dict[str, Any]:
-        """The daemon's report; the launcher's and the daemon's pids are tracked."""
-        try:
-            return self.daemons.read_report(self.report)
-        except pytest.fail.Exception:
-            pytest.fail(f"no daemon report; stderr: {self.diagnostics()}")
-        finally:
-            launcher = Path(f"{self.report}.launcher")
-            if launcher.exists():  # written before open(): the launcher's own pid
-                self.daemons.track(json.loads(launcher.read_text())["pid"])
-
-    def diagnostics(self) -> str:
-        """The launcher's stderr and the daemon's log, for failure messages."""
-        log = Path(f"{self.report}.log")
-        return f"{self.stderr.read_text()!r}, daemon log: {read(log)!r}"
-
-    def finish(self, daemon_pid: int, timeout: float = 10.0) -> tuple[dict[str, int], float]:
-        """Exit statuses of the launcher and the daemon once all are gone, and
-        when the launcher's exit was seen (monotonic clock).
-
-        The intermediate process of the double fork, reaped here too, must
-        have exited 0; it is left out of the result.
-        """
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the subreaper did not finish: some descendant is still running")
-        assert self.proc.returncode == 0, self.diagnostics()
-        data = json.loads(self.result.read_text())
-        statuses: dict[str, int] = data["statuses"]
-        ours = {"launcher", str(daemon_pid)}
-        others = {pid: status for pid, status in statuses.items() if pid not in ours}
-        assert len(others) <= 1 and set(others.values()) <= {0}, statuses
-        mine = {pid: status for pid, status in statuses.items() if pid in ours}
-        return mine, float(data["launcher_ended"])
+        super().__init__(daemons, tmp_path, MARKS + body, args)
 
 
 def read(path: Path) -> str:

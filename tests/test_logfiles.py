@@ -36,8 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from conftest import Daemons, daemon_facts, is_alive, stop, wait_gone
-from test_signals import Supervised
+from conftest import Daemons, Supervised, daemon_facts, is_alive, stop, wait_gone
 from test_streams import open_flags
 from test_validation import PREIMPORTS, nobody
 

@@ -37,8 +37,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
-from conftest import Daemons, daemon_facts, is_alive, stop, wait_gone
-from test_signals import Supervised
+from conftest import Daemons, Supervised, daemon_facts, is_alive, stop, wait_gone
 
 import daemonkit
 from daemonkit import DaemonContext, SignalMapError, StopRequest

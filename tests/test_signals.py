@@ -13,112 +13,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import Daemons, daemon_facts, is_alive, stop
-
-SUBREAPER = """\
-import ctypes, json, os, subprocess, sys
-PR_SET_CHILD_SUBREAPER = 36
-if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-    sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
-result = sys.argv[1]
-launcher = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL)
-statuses = {"launcher": launcher.wait()}
-while True:  # every orphaned descendant (the daemon) is ours to reap
-    try:
-        pid, status = os.wait()
-    except ChildProcessError:
-        break
-    statuses[str(pid)] = os.waitstatus_to_exitcode(status)
-with open(result + ".tmp", "w") as out:
-    json.dump(statuses, out)
-os.rename(result + ".tmp", result)
-"""
-
-
-class Supervised:
-    """A launcher started under a subreaper that records every exit status."""
-
-    def __init__(self, daemons: Daemons, tmp_path: Path, body: str) -> None:
-        script = daemons.script(body)
-        self.report = daemons.report_path()
-        self.result = tmp_path / f"statuses_{daemons.count}.json"
-        reaper = tmp_path / "subreaper.py"
-        reaper.write_text(SUBREAPER)
-        self.stderr = tmp_path / f"stderr_{daemons.count}.txt"
-        with open(self.stderr, "w") as stderr:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(reaper),
-                    str(self.result),
-                    sys.executable,
-                    str(script),
-                    str(self.report),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                cwd=tmp_path,
-            )
-        daemons.track(self.proc.pid)
-        self.daemons = daemons
-
-    def read_report(self) -> dict[str, Any]:
-        """The daemon's report, once the subreaper has adopted the daemon.
-
-        Until the launcher has left, the double fork's intermediate process
-        is the daemon's parent, and would reap it (its status unseen here)
-        if a signal ended it now. The launcher's and the daemon's pids are
-        tracked.
-        """
-        try:
-            data = self.daemons.read_report(self.report)
-        except pytest.fail.Exception:
-            pytest.fail(f"no daemon report; stderr: {self.stderr.read_text()!r}")
-        finally:
-            launcher = Path(f"{self.report}.launcher")
-            if launcher.exists():  # written before open(): the launcher's own pid
-                self.daemons.track(json.loads(launcher.read_text())["pid"])
-        deadline = time.monotonic() + 10
-        while parent_of(data["pid"]) not in (self.proc.pid, None):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the subreaper did not adopt daemon {data['pid']}")
-            time.sleep(0.005)
-        return data
-
-    def statuses(self, daemon_pid: int, timeout: float = 10.0) -> dict[str, int]:
-        """Exit statuses of the launcher and the daemon, once all are gone.
-
-        The intermediate process of the double fork, reaped here too once the
-        launcher has left, must have exited 0; it is left out of the result.
-        """
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the subreaper did not finish: some descendant is still running")
-        assert self.proc.returncode == 0, self.stderr.read_text()
-        data: dict[str, int] = json.loads(self.result.read_text())
-        ours = {"launcher", str(daemon_pid)}
-        others = {pid: status for pid, status in data.items() if pid not in ours}
-        assert len(others) <= 1 and set(others.values()) <= {0}, data
-        return {pid: status for pid, status in data.items() if pid in ours}
-
-
-def parent_of(pid: int) -> int | None:
-    """The parent pid of ``pid``, None once it is gone (or a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[1])
+from conftest import Daemons, Supervised, daemon_facts, is_alive, stop
 
 
 def kernel_dispositions(pid: int) -> tuple[set[int], set[int]]:
