@@ -28,7 +28,7 @@ import stat
 import time
 import weakref
 
-from . import _flock
+from . import _flock, _pidopen
 from ._lazy import LazyModule
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
@@ -331,10 +331,10 @@ class PIDFile:
         """
         if self._holding():
             raise errors.AlreadyRunningError(f"{self.path} is already locked by this process")
-        self._check_directory()
+        _pidopen.check_directory(self.path)
         deadline = time.monotonic() + timeout if timeout is not None and timeout > 0 else None
         while True:
-            fd, created = self._open()
+            fd, created = _pidopen.open_pidfile(self.path, _OPEN_FLAGS, MODE)
             try:
                 locked = _flock.try_lock(fd) or (
                     deadline is not None and _flock.wait_lock(fd, deadline)
@@ -403,81 +403,10 @@ class PIDFile:
             self._owner = os.getpid()
 
     def _same_file(self, fd: int) -> bool:
-        try:
-            on_disk = os.stat(self.path, follow_symlinks=False)
-            held = os.fstat(fd)
-        except OSError:
-            return False
-        return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+        return _pidopen.same_file(self.path, fd)
 
     def _error(self, action: str, exc: OSError) -> errors.PIDFileError:
-        advice = {
-            errno.ENOENT: "create the directory first",
-            errno.EACCES: "run as a user that may write there, or choose another path",
-            errno.EPERM: "run as a user that may write there, or choose another path",
-            errno.EROFS: "the filesystem is read-only; choose a path on a writable one",
-            errno.ENOSPC: "the filesystem is full; free some space",
-            errno.EDQUOT: "the disk quota is exhausted",
-            errno.ELOOP: "it is a symbolic link, which is refused; remove it",
-            errno.EISDIR: "it is a directory; give a file path",
-        }.get(exc.errno or 0, "choose another path")
-        what = action if action.endswith(":") else f"{action} it:"
-        return errors.PIDFileError(f"pidfile {self.path}: {what} {exc.strerror} ({advice})")
-
-    def _check_directory(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        try:
-            st = os.stat(directory)
-        except OSError as exc:
-            raise self._error(f"its directory {directory} is unusable:", exc) from exc
-        if not stat.S_ISDIR(st.st_mode):
-            raise errors.PIDFileError(f"pidfile {self.path}: {directory} is not a directory")
-        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-            raise errors.PIDFileError(
-                f"pidfile {self.path}: directory {directory} is writable by everyone without "
-                "the sticky bit, so anyone could replace the pidfile; use a private "
-                "directory such as /run/NAME"
-            )
-
-    def _open(self) -> tuple[int, bool]:
-        """Open (creating if needed) the pidfile, refusing anything unsafe."""
-        created = False
-        while True:
-            try:
-                fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, MODE)
-                created = True
-            except FileExistsError:
-                try:
-                    fd = os.open(self.path, _OPEN_FLAGS)
-                except FileNotFoundError:
-                    continue  # removed in between: create it
-                except OSError as exc:
-                    raise self._error("cannot open", exc) from exc
-            except OSError as exc:
-                raise self._error("cannot create", exc) from exc
-            break
-        try:
-            st = os.fstat(fd)
-            problem = None
-            if not stat.S_ISREG(st.st_mode):
-                problem = "is not a regular file; remove it or choose another path"
-            elif st.st_nlink != 1:
-                problem = f"has {st.st_nlink} hard links, which is refused; remove it"
-            elif st.st_uid not in (os.geteuid(), 0):
-                problem = f"is owned by uid {st.st_uid}, not by us; remove it"
-            if problem:
-                raise errors.PIDFileError(f"pidfile {self.path} {problem}")
-            if created:
-                os.fchmod(fd, MODE)
-        except BaseException:
-            os.close(fd)
-            if created:
-                try:
-                    os.unlink(self.path)
-                except OSError:
-                    pass
-            raise
-        return fd, created
+        return _pidopen.error(self.path, action, exc)
 
     def _raise_held(self, timeout: float | None) -> NoReturn:
         pid = self.read_pid()
