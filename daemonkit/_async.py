@@ -19,7 +19,7 @@ import signal
 from collections.abc import Coroutine
 
 from ._posix import block_signals, set_signal_mask
-from .signals import active_dispatcher
+from .signals import Dispatched, active_dispatcher
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
@@ -45,7 +45,14 @@ class _Bridge:
         self.main = main
         self.exit: SystemExit | None = None
         dispatcher = active_dispatcher()
-        self.handlers: dict[int, Callback] = dict(dispatcher.handlers) if dispatcher else {}
+        self.handlers: dict[int, Callback] = {}
+        for signum in dispatcher.handlers if dispatcher else ():
+            # The handler in place now: the program may have replaced the map's.
+            current = signal.getsignal(signum)
+            if isinstance(current, Dispatched):
+                current = current.__wrapped__
+            if callable(current):
+                self.handlers[signum] = current
         if not self.handlers:  # outside a DaemonContext: SIGTERM still ends it cleanly
             self.handlers[signal.SIGTERM] = _exit_cleanly
         self.before: dict[int, Any] = {}

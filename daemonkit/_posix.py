@@ -97,15 +97,15 @@ _raw_signal: Any = sys.modules.get("_signal") or __import__("_signal")  # always
 SIG_DFL: int = _raw_signal.SIG_DFL
 SIG_IGN: int = _raw_signal.SIG_IGN
 
-# Signal names and numbers, as signal.Signals has them (the first name of a
-# number is its name: SIGABRT, not SIGIOT).
+# Signal names and numbers, as signal.Signals has them (of several names for
+# a number, the alphabetically first: SIGABRT, not SIGIOT; SIGCHLD, not SIGCLD).
 SIGNAL_NUMBERS: dict[str, int] = {
     name: value
     for name, value in vars(_raw_signal).items()
     if name.startswith("SIG") and not name.startswith("SIG_") and isinstance(value, int)
 }
 SIGNAL_NAMES: dict[int, str] = {}
-for _name, _number in SIGNAL_NUMBERS.items():
+for _name, _number in sorted(SIGNAL_NUMBERS.items()):
     SIGNAL_NAMES.setdefault(_number, _name)
 
 
@@ -206,10 +206,8 @@ def install_handlers(handlers: list[tuple[int, object]]) -> None:
         _raw_signal.signal(signum, handler)
 
 
-def redirect_and_unblock(
-    sources: tuple[int, ...], closing: tuple[int, ...], mask: Iterable[int]
-) -> None:
-    """Make fds 0-2 refer to ``sources``, close ``closing``, restore the signal mask."""
+def redirect(sources: tuple[int, ...], closing: tuple[int, ...]) -> None:
+    """Make fds 0-2 refer to ``sources``, then close ``closing``."""
     for target, source in enumerate(sources):
         if source != target:
             os.dup2(source, target, inheritable=True)
@@ -220,7 +218,6 @@ def redirect_and_unblock(
             os.close(fd)
         except OSError:
             pass
-    _raw_signal.pthread_sigmask(_raw_signal.SIG_SETMASK, mask)
 
 
 def max_open_files() -> int:

@@ -25,6 +25,22 @@ class StopRequest:
     def __init__(self) -> None:
         self._set = False
         self._pipe: tuple[int, int] | None = None
+        self._pid = 0  # the process the pipe belongs to
+
+    def _own_pipe(self) -> tuple[int, int] | None:
+        """The pipe, unless it was inherited from the process that made it.
+
+        A child the daemon forks must neither wake the parent's waiters nor
+        leave a byte in the parent's pipe that its ``wait()`` cannot drain.
+        """
+        pipe = self._pipe
+        if pipe is not None and self._pid != os.getpid():
+            return None
+        return pipe
+
+    def _adopt(self) -> None:
+        """The daemon (a fork of the launcher) takes over a pipe made before open()."""
+        self._pid = os.getpid()
 
     def is_set(self) -> bool:
         """True once a stop was requested."""
@@ -33,7 +49,7 @@ class StopRequest:
     def set(self) -> None:
         """Request the stop and wake every waiter."""
         self._set = True
-        pipe = self._pipe
+        pipe = self._own_pipe()
         if pipe is not None:
             try:
                 os.write(pipe[1], b"!")
@@ -42,15 +58,20 @@ class StopRequest:
 
     def fileno(self) -> int:
         """A descriptor that becomes readable when the stop is requested."""
-        pipe = self._pipe
+        pipe = self._own_pipe()
         if pipe is None:
+            inherited = self._pipe
             read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            if self._pipe is None:
+            if self._own_pipe() is None:
                 self._pipe = pipe = (read_end, write_end)
+                self._pid = os.getpid()
+                for fd in inherited or ():  # a child's copies of its parent's pipe
+                    os.close(fd)
             else:  # pragma: no cover - another thread made one meanwhile
                 os.close(read_end)
                 os.close(write_end)
                 pipe = self._pipe
+                assert pipe is not None
             if self._set:  # set() ran before the pipe existed
                 self.set()
         return pipe[0]
@@ -82,6 +103,8 @@ class StopRequest:
             if remaining is not None and remaining <= 0:
                 break
             readable = select.select(watched, [], [], remaining)[0]
+            if watched[0] in readable and not self._set:
+                _drain(watched[0])  # written by someone else: not a stop
             if wakeup is not None and wakeup in readable:
                 _drain(wakeup)  # the handlers run at the next bytecode boundary
         return self._set

@@ -302,6 +302,13 @@ class DaemonContext:
         keep |= set(self.stop_requested.descriptors())
         if lock is not None:
             keep.add(lock.fileno())
+        if plan.chroot_directory is not None or plan.owner is not None:
+            # Loaded now, while the library is reachable and we are who we
+            # were: after chroot it would be imported from inside the jail
+            # (and run as root), after the drop it may be unreadable.
+            errors.DaemonError  # noqa: B018 - the attribute loads the module
+            if "daemonkit.pidfile" in sys.modules:
+                import lockfile  # noqa: F401 - for NotLocked and friends
         self._log_files = plan.log_files
         self._handled_signals = set(plan.signals)
         atexit.register(self.close)  # a no-op unless the context is open
@@ -313,6 +320,8 @@ class DaemonContext:
         """The daemon's side of the sequence, in the order that is safe."""
         if plan.detach and plan.activated:
             hand_over_activation(plan.activated)  # $LISTEN_PID now names the daemon
+        if self.stop_requested.descriptors():
+            self.stop_requested._adopt()  # its pipe, made before open(), is the daemon's
         if lock is not None:
             # Before chroot and the privilege drop; the descriptor stays open
             # so the file can be removed or emptied at exit all the same.
@@ -335,8 +344,11 @@ class DaemonContext:
         plan.installation.install()
         if self.pidfile is not None and lock is None:
             self.pidfile.__enter__()  # a lockfile-style object, as python-daemon does
-        # fds 0-2 last; then the signals held back so far are handled.
-        _posix.redirect_and_unblock(*plan.redirects, mask)
+        # fds 0-2 last; then the signals held back so far are handled (a
+        # SystemExit from one must not undo the streams: they are in use).
+        _posix.redirect(*plan.redirects)
+        plan.streams.forget()
+        _posix.set_signal_mask(mask)
 
     def close(self) -> None:
         """Leave the daemon context: release the pidfile. Idempotent.

@@ -18,6 +18,7 @@ is the flag with a self-pipe that threads and event loops wait on.)
 
 from __future__ import annotations
 
+import _thread  # built in: threading need not be loaded (nor be reachable in a chroot)
 import os
 from _collections_abc import Mapping  # always loaded (by os); collections is not
 
@@ -190,6 +191,7 @@ class Dispatcher:
         self._queue: list[int] = []  # a few signals at most
         self._running = False
         self.wakeup: tuple[int, int] | None = None
+        self.main_thread = _thread.get_ident()
 
     def dispatch(self, signum: int, frame: FrameType | None) -> None:
         if signum not in self._queue:
@@ -205,13 +207,12 @@ class Dispatcher:
                     if handler is not None:
                         _check_result(handler, handler(queued, frame))
             except BaseException:
-                # The handler raised (SystemExit, say): signals still queued
-                # are raised again, so they are handled, not forgotten.
-                left = list(self._queue)
-                self._queue.clear()
+                # The handler raised (SystemExit, say): the signals still
+                # queued are handled, not forgotten. Raising the first one
+                # again runs a fresh dispatch at once, which takes the queue.
                 self._running = False
-                for signum in left:
-                    raise_signal(signum)
+                if self._queue:
+                    raise_signal(self._queue[0])
                 raise
             finally:
                 self._running = False
@@ -287,11 +288,7 @@ def _check_result(handler: Callback, result: object) -> None:
 def main_thread_wakeup() -> int | None:
     """The dispatcher's wakeup pipe, if one is active and this is the main thread."""
     dispatcher = _active
-    if dispatcher is None:
-        return None
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
+    if dispatcher is None or _thread.get_ident() != dispatcher.main_thread:
         return None
     return dispatcher.wakeup_fd()
 
@@ -330,5 +327,6 @@ class Installation:
         """Install every handler; the dispatcher becomes the active one."""
         global _active
         install_handlers(self.handlers)
+        self.dispatcher.main_thread = _thread.get_ident()  # handlers run in this thread
         _active = self.dispatcher
         return self.dispatcher

@@ -54,6 +54,12 @@ class StreamTargets:
         """Descriptors that must survive the closing of inherited ones."""
         return [fd for fd in [*self.fds, self.null] if fd is not None]
 
+    def forget(self) -> None:
+        """Redirecting is done: nothing here is ours to close or remove any more."""
+        self.owned.clear()
+        self.created.clear()
+        self.null = None
+
     def discard(self) -> None:
         """Undo :func:`resolve_streams`: close what it opened, unlink what it made."""
         for fd in self.owned:
