@@ -46,7 +46,6 @@ else:
     errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
-_READY_FRAME = b"\x00\x00\x00\x07READY=1"
 _MAX_MESSAGE = 1 << 20
 
 
@@ -145,8 +144,7 @@ def entered() -> None:
     if fd is None or "NOTIFY_SOCKET" in os.environ or _DaemonSide.owner != os.getpid():
         ready()
         return
-    pid = str(os.getpid()).encode()
-    message = (len(pid) + 8).to_bytes(4, "big") + b"MAINPID=" + pid + _READY_FRAME
+    message = frames(f"MAINPID={os.getpid()}", "READY=1")
     _DaemonSide.fd = None
     try:
         os.write(fd, message)  # a pipe takes this much (< PIPE_BUF) in one write

@@ -217,11 +217,6 @@ class Dispatcher:
             finally:
                 self._running = False
 
-    def install(self) -> None:
-        """(Re)install this dispatcher as the handler of its signals."""
-        for signum, handler in self.handlers.items():
-            install_handlers([(signum, Dispatched(self, handler))])
-
     def wakeup_fd(self) -> int | None:
         """The read end of a pipe the kernel-level signal handler writes to.
 
