@@ -21,15 +21,11 @@ import os
 import select
 
 from . import _posix, readiness
-from ._lazy import LazyModule
+from ._lazy import errors
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Any, NoReturn
-
-    from . import errors
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
 def _pipe_above_stdio() -> tuple[int, int]:

@@ -14,14 +14,11 @@ import sys
 import time
 
 from . import _posix
-from ._lazy import LazyModule
+from ._lazy import errors
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
-    from . import errors
     from .readiness import Receiver
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 DEFAULT_READY_TIMEOUT = 90.0  # seconds; systemd's default TimeoutStartSec
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a daemon that timed out

@@ -1,9 +1,9 @@
 """A module imported on first use: for what only failures need.
 
-``errors = LazyModule("daemonkit.errors")`` reads like the module
-(``raise errors.DirectoryError(...)``) but imports it only when an attribute
-is first looked up, so a daemon that starts without trouble never loads it.
-Modules name the real module for type checkers under ``TYPE_CHECKING``.
+``from ._lazy import errors`` gives an object that reads like
+:mod:`daemonkit.errors` (``raise errors.DirectoryError(...)``) but imports it
+only when an attribute is first looked up, so a daemon that starts without
+trouble never loads it. Type checkers see the real module.
 """
 
 from __future__ import annotations
@@ -23,3 +23,10 @@ class LazyModule:
             __import__(self._name)
             module = sys.modules[self._name]
         return getattr(module, attribute)
+
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
+if TYPE_CHECKING:
+    from . import errors as errors
+else:
+    errors = LazyModule("daemonkit.errors")  # loaded only if something fails

@@ -12,13 +12,7 @@ import errno
 import os
 import stat
 
-from ._lazy import LazyModule
-
-TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
-if TYPE_CHECKING:
-    from . import errors
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
+from ._lazy import errors
 
 
 def same_file(path: str, fd: int) -> bool:

@@ -14,7 +14,7 @@ import sys
 
 from . import _posix
 from ._activation import activated_fd_numbers, inherited_lock_fds
-from ._lazy import LazyModule
+from ._lazy import errors
 from ._logfiles import (
     LogFiles,
     file_handlers,
@@ -30,11 +30,8 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import errors
     from .context import DaemonContext
     from .signals import ResolvedMap
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
 class OwnerChange:

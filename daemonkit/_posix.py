@@ -14,16 +14,13 @@ import resource
 import stat
 import sys
 
-from ._lazy import LazyModule
+from ._lazy import errors
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any, NoReturn
 
-    from . import errors
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 CAP_SETGID = 6
 CAP_SETUID = 7

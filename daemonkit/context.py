@@ -22,7 +22,7 @@ import sys
 
 from . import _detach, _posix, readiness
 from ._activation import hand_over as hand_over_activation
-from ._lazy import LazyModule
+from ._lazy import errors
 from ._logfiles import LogFiles
 from ._plan import Plan, build_plan, resolve_reopen_signal
 from ._stop import StopRequest
@@ -40,12 +40,9 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
     from typing import Any, NoReturn, TypeVar
 
-    from . import errors
     from .pidfile import PIDFile
 
     F = TypeVar("F", bound=Callable[..., Any])
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 __all__ = ["DaemonContext"]
 

@@ -29,7 +29,7 @@ import time
 import weakref
 
 from . import _flock, _pidopen
-from ._lazy import LazyModule
+from ._lazy import errors
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 
     from lockfile import AlreadyLocked, LockFailed, LockTimeout, NotLocked, NotMyLock
 
-    from . import errors
-
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 __all__ = [
     "PIDFile",

@@ -28,13 +28,10 @@ from ._launcher import (  # the launcher's side, re-exported: the public API is 
     say,
     wait_until_ready,
 )
-from ._lazy import LazyModule
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Protocol
-
-    from . import errors
 
     class Receiver(Protocol):
         """Where the launcher reads the daemon's sd_notify-style messages from."""
@@ -42,8 +39,6 @@ if TYPE_CHECKING:
         def fileno(self) -> int: ...
 
         def receive(self, deadline: float) -> list[str] | None: ...
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
 _MAX_MESSAGE = 1 << 20

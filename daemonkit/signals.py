@@ -22,7 +22,7 @@ import _thread  # built in: threading need not be loaded (nor be reachable in a 
 import os
 from _collections_abc import Mapping  # always loaded (by os); collections is not
 
-from ._lazy import LazyModule
+from ._lazy import errors
 from ._posix import (
     SIG_DFL,
     SIG_IGN,
@@ -40,15 +40,11 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any, TypeAlias
 
-    from . import errors
-
     Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | None
 
     ResolvedMap = dict[int, Handler]
 
     Callback: TypeAlias = Callable[[int, FrameType | None], Any]
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 
 UNCATCHABLE = frozenset({SIGNAL_NUMBERS["SIGKILL"], SIGNAL_NUMBERS["SIGSTOP"]})

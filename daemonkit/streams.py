@@ -17,15 +17,12 @@ from __future__ import annotations
 import os
 
 from . import _posix
-from ._lazy import LazyModule
+from ._lazy import errors
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import errors
-else:
-    errors = LazyModule("daemonkit.errors")  # loaded only if something fails
 
 STREAM_NAMES = ("stdin", "stdout", "stderr")
 
