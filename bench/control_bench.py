@@ -8,7 +8,6 @@ was checked, never by name.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import statistics
 import subprocess
@@ -17,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detach import importable, milliseconds
+from detach import importable, milliseconds, woken_by_exit
 
 IMPORTS = {
     "import daemonkit": "daemonkit",
@@ -130,19 +129,14 @@ class CommandFigures:
         return lines
 
 
-def _run_timed(command: list[str], timeout: float = 30.0) -> tuple[int, float]:
+def _run_timed(command: list[str]) -> tuple[int, float]:
     """Run ``command``; its exit status and wall time in ms (start to the parent's wake-up)."""
     began = time.monotonic_ns()
     proc = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    pidfd = os.pidfd_open(proc.pid)
-    try:
-        ready = select.select([pidfd], [], [], timeout)[0]
-        ended = time.monotonic_ns()
-    finally:
-        os.close(pidfd)
-    if not ready:
+    exited, ended = woken_by_exit(proc.pid, time.monotonic_ns)
+    if not exited:
         proc.kill()
     _, stderr = proc.communicate()
     if proc.returncode != 0 and stderr:
