@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import subprocess
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,17 +47,20 @@ def dump(name, data):
 
 """
 
-# How a with body ends: the SystemExit out of run_async, or its return value.
-RUN_MAIN = """\
-facts.report(REPORT + ".launcher")
-with context:
-    try:
-        result = daemonkit.run_async(main())
-    except SystemExit as exc:
-        mark(f"SystemExit {exc.code!r}")
-        raise
-    mark(f"returned {result!r}")
+# How run_async ends: the SystemExit out of it, or its return value.
+RUN_ASYNC = """\
+try:
+    result = daemonkit.run_async(main())
+except SystemExit as exc:
+    mark(f"SystemExit {exc.code!r}")
+    raise
+mark(f"returned {result!r}")
 """
+
+# The same, as the with body of a daemon.
+RUN_MAIN = 'facts.report(REPORT + ".launcher")\nwith context:\n' + textwrap.indent(
+    RUN_ASYNC, "    "
+)
 
 
 class Reaped(Supervised):
@@ -432,17 +436,11 @@ async def main():
         mark("finally")
 
 
-try:
-    result = daemonkit.run_async(main())
-except SystemExit as exc:
-    mark(f"SystemExit {exc.code!r}")
-    raise
-mark(f"returned {result!r}")
 """
 
 
 def test_sigterm_outside_a_daemon_context(daemons: Daemons, tmp_path: Path) -> None:
-    command, report = daemons.script_command(MARKS + PLAIN)
+    command, report = daemons.script_command(MARKS + PLAIN + RUN_ASYNC)
     stderr = tmp_path / "plain.stderr"
     with open(stderr, "w") as err:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
