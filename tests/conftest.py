@@ -309,6 +309,21 @@ def systemd_python(tmp_path: Path) -> list[str]:
     pytest.skip(f"a copy of {sys.executable} does not run: {detail}")
 
 
+def wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    """Poll ``condition()`` until it is true; False if ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def read_text(path: Path) -> str:
+    """The text of ``path``; empty if it does not exist (yet)."""
+    return path.read_text() if path.exists() else ""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     import socket

@@ -21,11 +21,10 @@ import signal
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Daemons, Supervised, wait_gone
+from conftest import Daemons, Supervised, read_text, wait_gone, wait_until
 from test_signals import kernel_dispositions
 
 import daemonkit
@@ -72,14 +71,10 @@ class Reaped(Supervised):
         super().__init__(daemons, tmp_path, MARKS + body, args)
 
 
-def read(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
 def marks(report: Path) -> list[tuple[float, str]]:
     """The daemon's marks so far: (monotonic time, text), in order."""
     found = []
-    for line in read(Path(f"{report}.marks")).splitlines():
+    for line in read_text(Path(f"{report}.marks")).splitlines():
         stamp, _, text = line.partition(" ")
         found.append((float(stamp), text))
     return found
@@ -95,15 +90,6 @@ def when(report: Path, text: str) -> float:
         if found == text:
             return stamp
     pytest.fail(f"no mark {text!r} in {texts(report)}")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def wait_for_mark(report: Path, text: str, count: int = 1, timeout: float = 5.0) -> bool:
@@ -179,9 +165,12 @@ def test_served_daemon_is_ready_handles_sighup_while_awaiting_and_stops_cleanly(
     log.rename(f"{log}.1")
     for count in (1, 2, 3):
         os.kill(pid, signal.SIGHUP)
-        assert wait_until(lambda n=count: read(hups) == str(n)), (read(hups), run.diagnostics())
-    assert read(log) == "hup 1\nhup 2\nhup 3\n"
-    assert read(Path(f"{log}.1")) == ""
+        assert wait_until(lambda n=count: read_text(hups) == str(n)), (
+            read_text(hups),
+            run.diagnostics(),
+        )
+    assert read_text(log) == "hup 1\nhup 2\nhup 3\n"
+    assert read_text(Path(f"{log}.1")) == ""
     assert texts(report).count("long await") == 1, "the 30 s sleep ended early"
     assert "finally" not in texts(report)
 
@@ -202,7 +191,7 @@ def test_served_daemon_is_ready_handles_sighup_while_awaiting_and_stops_cleanly(
     assert when(report, "ready") - when(report, "main started") >= 0.3
     assert launcher_ended >= when(report, "ready")
     assert not pidfile.exists()
-    assert read(log) == "hup 1\nhup 2\nhup 3\n", "something was logged at shutdown"
+    assert read_text(log) == "hup 1\nhup 2\nhup 3\n", "something was logged at shutdown"
 
 
 # -- 2, 3, 5. handlers of a daemon waiting in one long await ---------------------
@@ -267,7 +256,7 @@ def test_coroutine_function_handler_runs_as_a_task(daemons: Daemons, tmp_path: P
         "SystemExit 0",
     ]
     # No "coroutine was never awaited", no dispatcher warning.
-    assert read(Path(f"{report}.log")) == ""
+    assert read_text(Path(f"{report}.log")) == ""
 
 
 LOOP_HANDLERS = """\
@@ -311,7 +300,7 @@ def test_handlers_run_as_loop_callbacks(daemons: Daemons, tmp_path: Path) -> Non
     os.kill(pid, signal.SIGUSR2)
     assert wait_for_mark(report, "usr2"), (texts(report), run.diagnostics())
 
-    usr1 = json.loads(read(Path(f"{report}.usr1")))
+    usr1 = json.loads(read_text(Path(f"{report}.usr1")))
     assert usr1["signum"] == signal.SIGUSR1
     assert usr1["same_loop"], usr1
     assert usr1["running"]
@@ -446,7 +435,7 @@ def test_sigterm_outside_a_daemon_context(daemons: Daemons, tmp_path: Path) -> N
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
     daemons.track(proc.pid)
     try:
-        assert wait_for_mark(report, "serving"), read(stderr)
+        assert wait_for_mark(report, "serving"), read_text(stderr)
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=10)
     finally:
@@ -454,9 +443,9 @@ def test_sigterm_outside_a_daemon_context(daemons: Daemons, tmp_path: Path) -> N
             proc.kill()
             proc.wait()
 
-    assert returncode == 0, read(stderr)
+    assert returncode == 0, read_text(stderr)
     assert texts(report) == ["serving", "finally", "SystemExit 0"]
-    assert read(stderr) == ""
+    assert read_text(stderr) == ""
 
 
 def test_run_async_needs_a_coroutine() -> None:

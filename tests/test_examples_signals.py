@@ -15,11 +15,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_DIR, Daemons, free_port, is_alive, read_line, stop
+from conftest import (
+    PROJECT_DIR,
+    Daemons,
+    free_port,
+    is_alive,
+    read_line,
+    read_text,
+    stop,
+    wait_until,
+)
 
 WORKER = PROJECT_DIR / "examples" / "threaded_worker.py"
 ASYNC_SERVER = PROJECT_DIR / "examples" / "async_server.py"
@@ -38,19 +46,6 @@ def launch(daemons: Daemons, command: list[str], pidfile: Path) -> tuple[int, st
     return result.returncode, result.stderr, pid
 
 
-def wait_for(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def text_of(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
 def test_threaded_worker_reloads_rotates_and_stops_cleanly(
     daemons: Daemons, tmp_path: Path
 ) -> None:
@@ -60,14 +55,14 @@ def test_threaded_worker_reloads_rotates_and_stops_cleanly(
     status, stderr, pid = launch(daemons, [*command, "--config", str(config)], pidfile)
     assert status == 0, stderr
     assert pid is not None and is_alive(pid)
-    assert wait_for(lambda: "squared is" in text_of(log))
+    assert wait_until(lambda: "squared is" in read_text(log), 10)
     assert "started 3 workers" in log.read_text()
 
     # logrotate: rename, then SIGHUP (postrotate). New lines go to a new file.
     config.write_text('{"workers": 3, "pace": 0.02}')
     log.rename(tmp_path / "worker.log.1")
     os.kill(pid, signal.SIGHUP)
-    assert wait_for(lambda: "squared is" in text_of(log)), "nothing written after rotation"
+    assert wait_until(lambda: "squared is" in read_text(log), 10), "nothing written after rotation"
     assert "config loaded: workers=3 pace=0.020" in log.read_text()
     assert "SIGHUP: reloading the config" in log.read_text()
     assert "SIGHUP" not in (tmp_path / "worker.log.1").read_text()
@@ -112,7 +107,7 @@ def test_async_server_serves_reloads_and_says_goodbye(daemons: Daemons, tmp_path
         assert read_line(client) == b"hi: one\n"
         (tmp_path / "greeting.txt").write_text("howdy\n")
         os.kill(pid, signal.SIGHUP)
-        assert wait_for(lambda: "greeting is now 'howdy'" in text_of(log))
+        assert wait_until(lambda: "greeting is now 'howdy'" in read_text(log), 10)
         client.sendall(b"two\n")
         assert read_line(client) == b"howdy: two\n"
         os.kill(pid, signal.SIGTERM)
