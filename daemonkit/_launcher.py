@@ -110,9 +110,18 @@ class MiddleReport:
     def _lines(self) -> list[bytes]:
         return [line for line in self._data.split(b"\n")[:-1] if line.isdigit()]
 
-    def pid(self) -> int | None:
-        """The daemon's pid, or None if the intermediate process never forked it."""
+    def pid(self, wait: bool = False) -> int | None:
+        """The daemon's pid, or None if it has not been told (yet).
+
+        With ``wait``, block until the pid is told or the intermediate
+        process is gone without telling it (it never forked the daemon).
+        The daemon may close the channel before the intermediate process
+        gets to write the pid: a second fork does not say which side runs
+        first.
+        """
         self._read(block=False)
+        while wait and not self._eof and not self._lines():
+            self._read(block=True)
         lines = self._lines()
         return int(lines[0]) if lines else None
 
@@ -179,6 +188,8 @@ def _end_of_channel(
     outcome: Outcome, middle_pid: int, middle: MiddleReport | None, exec_is_ready: bool
 ) -> None:
     """Judge an end of file on the channel: return if it means ready, else raise."""
+    if outcome.pid is None and middle is not None:
+        outcome.pid = middle.pid(wait=True)
     if outcome.pid is None:
         status = _posix.wait_child(middle_pid)
         raise errors.StartupError(
