@@ -34,13 +34,24 @@ def _pipe_above_stdio() -> tuple[int, int]:
     A launcher started with standard streams closed would otherwise get the
     channel there, and redirecting the daemon's streams would cut it.
     """
-    ends = []
-    for fd in os.pipe():
-        raised = _posix.above_stdio(fd)
-        if raised != fd:
+    ends = list(os.pipe())
+    try:
+        for index, fd in enumerate(ends):
+            raised = _posix.above_stdio(fd)
+            if raised != fd:
+                os.close(fd)
+                ends[index] = raised
+    except BaseException:
+        for fd in ends:
             os.close(fd)
-        ends.append(raised)
+        raise
     return ends[0], ends[1]
+
+
+def _close_pairs(pipes: list[tuple[int, int]]) -> None:
+    for pair in pipes:
+        for fd in pair:
+            os.close(fd)
 
 
 def detach(
@@ -65,16 +76,20 @@ def detach(
     ``closerange`` calls that close every descriptor from 3 up to ``top``
     but ``keep`` and the channel (worked out before the fork).
     """
-    pipes = [_pipe_above_stdio() for _ in range(3)]
+    pipes: list[tuple[int, int]] = []
+    try:
+        for _ in range(3):
+            pipes.append(_pipe_above_stdio())
+    except BaseException:
+        _close_pairs(pipes)
+        raise
     (channel_read, channel_write), (pid_read, pid_write), (hold_read, hold_write) = pipes
     kept = {*(keep or ()), channel_write}
     closing = _posix.close_ranges(kept, max(top, *kept, *(fd for pair in pipes for fd in pair)))
     try:
         first = _posix.fork("first fork")
     except BaseException:
-        for pair in pipes:
-            for fd in pair:
-                os.close(fd)
+        _close_pairs(pipes)
         raise
     if first > 0:
         if mask is not None:

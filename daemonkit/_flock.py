@@ -83,22 +83,34 @@ def probe_locked(path: str) -> bool:
         os.close(fd)
 
 
-def holds_open(pid: int, st: os.stat_result) -> bool | None:
-    """Whether process ``pid`` has the file ``st`` open; None if we may not look."""
-    folder = f"/proc/{pid}/fd"
+def holds_lock(pid: int, st: os.stat_result) -> bool | None:
+    """Whether process ``pid`` holds the flock on the file ``st``; None if we may not look.
+
+    Having the file open is not enough: a process that got a dead daemon's
+    pid may have it open too, without the lock. The lock belongs to the
+    open file description, which ``/proc/PID/fdinfo/N`` lists it under.
+    """
+    folder = f"/proc/{pid}"
     try:
-        names = os.listdir(folder)
+        names = os.listdir(f"{folder}/fd")
     except FileNotFoundError:
         return False
     except OSError:
         return None
     for name in names:
         try:
-            target = os.stat(f"{folder}/{name}")
-        except OSError:
+            target = os.stat(f"{folder}/fd/{name}")
+            if (target.st_dev, target.st_ino) != (st.st_dev, st.st_ino):
+                continue
+            with open(f"{folder}/fdinfo/{name}") as info:
+                details = info.read()
+        except FileNotFoundError:
             continue
-        if (target.st_dev, target.st_ino) == (st.st_dev, st.st_ino):
-            return True
+        except OSError:
+            return None
+        for line in details.splitlines():
+            if line.startswith("lock:") and "FLOCK" in line and "WRITE" in line:
+                return True
     return False
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ._logopen import UnsafePath, open_log
 from .streams import file_descriptor
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
@@ -174,9 +175,10 @@ class LogFiles:
         for path, fds in self._targets().items():
             seen = inside_root(path, self.root) or path
             try:
-                fresh = os.open(seen, REOPEN_FLAGS, 0o666)  # the daemon's umask applies
-            except OSError as exc:
-                problem = f"daemonkit: cannot reopen log file {path!r}: {exc.strerror}"
+                fresh = open_log(seen, REOPEN_FLAGS)[0]  # the daemon's umask applies
+            except (OSError, UnsafePath) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else f"refused: {exc}"
+                problem = f"daemonkit: cannot reopen log file {path!r}: {why}"
                 problems.append(problem)
                 try:
                     os.write(2, f"{problem}; still writing to the old file\n".encode())

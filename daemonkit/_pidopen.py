@@ -62,8 +62,9 @@ def open_pidfile(path: str, flags: int, mode: int) -> tuple[int, bool]:
     """Open (creating if needed) the pidfile, refusing anything unsafe.
 
     Returns the descriptor and whether this call created the file. Refused:
-    symlinks (``O_NOFOLLOW`` in ``flags``), non-regular files, hard links and
-    files owned by another user; a file created here is removed again then.
+    symlinks (``O_NOFOLLOW`` in ``flags``), non-regular files, hard links,
+    files owned by another user and files others may write; a file created
+    here is removed again then.
     """
     created = False
     while True:
@@ -89,6 +90,11 @@ def open_pidfile(path: str, flags: int, mode: int) -> tuple[int, bool]:
             problem = f"has {st.st_nlink} hard links, which is refused; remove it"
         elif st.st_uid not in (os.geteuid(), 0):
             problem = f"is owned by uid {st.st_uid}, not by us; remove it"
+        elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problem = (
+                f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}), who "
+                "could put any pid in it; remove it if nothing runs, or chmod go-w it"
+            )
         if problem:
             raise errors.PIDFileError(f"pidfile {path} {problem}")
         if created:

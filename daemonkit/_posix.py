@@ -234,6 +234,26 @@ def above_stdio(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
+def out_of_descriptors(exc: BaseException) -> BaseException | None:
+    """A clear error for an ``EMFILE``/``ENFILE`` met while preparing; None otherwise."""
+    if not isinstance(exc, OSError) or isinstance(exc, errors.DaemonError):
+        return None
+    if exc.errno == errno.EMFILE:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return errors.DaemonOSEnvironmentError(
+            exc.errno,
+            f"out of file descriptors while preparing to detach ({exc.strerror}; "
+            f"the limit is {soft}): raise it (ulimit -n) or keep fewer files open",
+        )
+    if exc.errno == errno.ENFILE:
+        return errors.DaemonOSEnvironmentError(
+            exc.errno,
+            f"the system is out of file descriptors ({exc.strerror}); "
+            "raise fs.file-max or close files, then try again",
+        )
+    return None
+
+
 # -- process environment ------------------------------------------------------
 
 

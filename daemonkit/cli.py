@@ -106,6 +106,31 @@ def _context(args: argparse.Namespace, detach: bool) -> Any:
     )
 
 
+def _find_command(name: str, path: str | None, root: str | None, workdir: str) -> str | None:
+    """The absolute path to exec for ``name``, as seen by the program, or None.
+
+    With a chroot, the program is looked up inside it (``PATH`` entries and
+    ``workdir`` are the program's, relative to the new root), since that is
+    where the exec happens.
+    """
+    import shutil  # here: only start and run need it (5 ms)
+
+    if root is None:
+        found = shutil.which(name, path=path)
+        return None if found is None else os.path.abspath(found)
+    root = os.path.abspath(root)
+    if "/" in name:
+        candidates = [os.path.normpath(os.path.join("/", workdir, name))]
+    else:
+        folders = (path or os.defpath).split(os.pathsep)
+        candidates = [os.path.join(folder, name) for folder in folders if folder.startswith("/")]
+    for inside in candidates:
+        outside = root.rstrip("/") + inside
+        if os.path.isfile(outside) and os.access(outside, os.X_OK):
+            return inside
+    return None
+
+
 def _launch(args: argparse.Namespace, detach: bool) -> int:
     """``start`` and ``run``: set the process up through DaemonContext, then exec."""
     from ._activation import handed_down_environment
@@ -117,13 +142,11 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
         return LSB_NOT_CONFIGURED
     environment = dict(os.environ)
     environment.update(dict(args.env))
-    import shutil  # here: only start and run need it (5 ms)
-
-    executable = shutil.which(command[0], path=environment.get("PATH"))
+    executable = _find_command(command[0], environment.get("PATH"), args.chroot, args.chdir)
     if executable is None:
-        _say(args, f"command not found: {command[0]}")
+        where = f" inside the chroot {args.chroot}" if args.chroot else ""
+        _say(args, f"command not found{where}: {command[0]}")
         return LSB_NOT_INSTALLED
-    executable = os.path.abspath(executable)
     context = _context(args, detach)
     receiver = None
     if args.notify and detach:
@@ -158,6 +181,11 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
         from . import readiness
 
         message = f"cannot execute {executable}: {exc.strerror}"
+        if args.chroot:
+            message = (
+                f"cannot execute {executable} inside the chroot {args.chroot}: {exc.strerror} "
+                "(the program, its interpreter and its libraries must all be inside it)"
+            )
         if not readiness.pending():  # run: nobody waits; say it here
             _say(args, message)
         readiness.report_text(message)
@@ -276,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DaemonError as exc:
         print(f"daemonkit: {exc}", file=sys.stderr)
         return LSB_NOT_CONFIGURED if isinstance(exc, ValueError) else 1
+    except OSError as exc:  # e.g. out of descriptors or memory: one line, not a traceback
+        print(f"daemonkit: {args.action} failed: {exc}", file=sys.stderr)
+        return 1
 
 
 def run() -> NoReturn:

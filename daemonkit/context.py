@@ -234,10 +234,13 @@ class DaemonContext:
                 channel = readiness.channel_fd()
                 kept = keep if channel is None else {*keep, channel}
                 closing = _posix.close_ranges(kept, max(plan.top_fd, *kept))
-        except BaseException:
+        except BaseException as exc:
             if mask is not None:
                 _posix.set_signal_mask(mask)
             self._undo_launch(plan, lock)
+            clearer = _posix.out_of_descriptors(exc)
+            if clearer is not None:
+                raise clearer from exc
             raise
         try:
             self._enter(plan, lock, mask, closing)

@@ -77,6 +77,8 @@ class ControlStatus:
         if self.state == PIDStatus.RUNNING:
             up = f", up {_human(self.uptime)}" if self.uptime is not None else ""
             return f"running (pid {self.pid}{up})"
+        if self.state == PIDStatus.STARTING and self.reason:
+            return f"starting or orphaned: {self.pidfile} is {self.reason}"
         return {
             PIDStatus.STARTING: "starting (pidfile locked, no pid written yet)",
             PIDStatus.STALE: f"dead, but the pidfile {self.pidfile} remains (stale)",

@@ -279,8 +279,8 @@ class PIDFile:
 
         Everything is judged on one open descriptor: lock, content, lock
         again, and that the file is still the one at ``path``. A pid is
-        reported running only if that process really has the file open
-        (where we may look), so the previous owner's pid, still in a file a
+        reported running only if that process really holds the lock (where
+        we may look), so the previous owner's pid, still in a file a
         new start has just locked, is never taken for the holder.
         """
         if self.i_am_locking():
@@ -304,13 +304,19 @@ class PIDFile:
         finally:
             os.close(fd)
         if locked:
-            if (
-                pid is not None
-                and _flock.pid_alive(pid)
-                and _flock.holds_open(pid, st) is not False
-            ):
+            if pid is None:
+                return PIDStatus(self.path, PIDStatus.STARTING, None)
+            if _flock.pid_alive(pid) and _flock.holds_lock(pid, st) is not False:
                 return PIDStatus(self.path, PIDStatus.RUNNING, pid)
-            return PIDStatus(self.path, PIDStatus.STARTING, None)
+            # A start taking over a stale file (for an instant), or a child the
+            # dead daemon left behind, which still holds the lock.
+            return PIDStatus(
+                self.path,
+                PIDStatus.STARTING,
+                None,
+                f"locked, but not by pid {pid} named in it: a start taking over, or a "
+                f"process the daemon left behind holds the lock (find it: fuser {self.path})",
+            )
         if pid is not None and _flock.pid_alive(pid):
             return PIDStatus(self.path, PIDStatus.UNVERIFIED, pid)
         return PIDStatus(self.path, PIDStatus.STALE, pid)

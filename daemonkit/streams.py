@@ -106,25 +106,25 @@ def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
     if name == "stdin":
         flags, mode = os.O_RDONLY, 0
     else:
-        flags, mode = os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666 & ~umask
+        # Never writable by everyone, even at umask 0: anyone could forge lines.
+        flags, mode = os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664 & ~umask
     flags |= os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
-    created = False
+    from ._logopen import UnsafePath, open_log
+
     try:
-        if flags & os.O_CREAT:
-            try:
-                fd = os.open(path, flags | os.O_EXCL, mode)
-                created = True
-                os.fchmod(fd, mode)  # the launcher's own umask must not narrow it
-            except FileExistsError:
-                fd = os.open(path, flags, mode)
-        else:
-            fd = os.open(path, flags)
+        fd, created = open_log(path, flags, mode)
+        if created:
+            os.fchmod(fd, mode)  # the launcher's own umask must not narrow it
+    except UnsafePath as exc:
+        raise errors.StreamError(f"{name}: refusing {path!r}: {exc}") from exc
     except OSError as exc:
         hint = {
             "ENOENT": "create the directory first",
             "EACCES": "check the permissions of the file and its directory",
             "EROFS": "the filesystem is read-only; choose another path",
             "EISDIR": "give a file, not a directory",
+            "ENOSPC": "the filesystem is full; free some space",
+            "ENXIO": "it is a fifo that nobody reads; start its reader first",
         }
         from errno import errorcode
 

@@ -17,7 +17,7 @@ What is tested, on real daemons:
   warning in it;
 - the systemd journal stream (``$JOURNAL_STREAM``) is kept instead of
   ``/dev/null`` only when it names the descriptor;
-- created and reopened files have mode ``0o666 & ~umask`` (the daemon's).
+- created and reopened files have mode ``0o664 & ~umask`` (the daemon's).
 
 The daemon's descriptors are checked from outside through ``/proc``. Daemon
 loops wait with ``stop_requested.wait()`` or in 0.05 s sleeps, so a signal is

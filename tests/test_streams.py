@@ -143,6 +143,7 @@ def test_paths_are_opened_for_append(daemons: Daemons, tmp_path: Path, kind: str
         pytest.param(0o022, 0o077, 0o600, id="umask-077"),
         pytest.param(0o077, None, 0o644, id="stricter-launcher-umask"),
         pytest.param(0o022, 0o002, 0o664, id="looser-context-umask"),
+        pytest.param(0o022, 0o000, 0o664, id="umask-0-never-world-writable"),
     ],
 )
 def test_created_stream_file_mode(
@@ -152,7 +153,8 @@ def test_created_stream_file_mode(
     context_umask: int | None,
     mode: int,
 ) -> None:
-    """A stream file that does not exist yet is created 0o666 & ~umask (the daemon's)."""
+    """A stream file that does not exist yet is created 0o664 & ~umask (the daemon's):
+    never writable by everyone, whatever the umask."""
     out = tmp_path / "logs" / "new.log"
     out.parent.mkdir()
     kwargs = "" if context_umask is None else f", umask={context_umask}"
