@@ -114,6 +114,19 @@ def holds_lock(pid: int, st: os.stat_result) -> bool | None:
     return False
 
 
+def lock_owners(st: os.stat_result) -> list[int]:
+    """Pids of the processes that hold the flock on the file ``st``.
+
+    Scans every process in ``/proc`` (those we may look at): milliseconds,
+    so only for explaining a lock whose holder is not the pid in the file.
+    """
+    owners = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and holds_lock(int(entry), st):
+            owners.append(int(entry))
+    return owners
+
+
 def try_lock(fd: int) -> bool:
     """Take the exclusive lock without waiting for a holder; False if held."""
     for _ in range(50):

@@ -58,53 +58,64 @@ def check_directory(path: str) -> None:
         )
 
 
-def open_pidfile(path: str, flags: int, mode: int) -> tuple[int, bool]:
-    """Open (creating if needed) the pidfile, refusing anything unsafe.
-
-    Returns the descriptor and whether this call created the file. Refused:
-    symlinks (``O_NOFOLLOW`` in ``flags``), non-regular files, hard links,
-    files owned by another user and files others may write; a file created
-    here is removed again then.
-    """
-    created = False
+def _open_or_create(path: str, flags: int, mode: int) -> tuple[int, bool]:
     while True:
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
-            created = True
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode), True
         except FileExistsError:
             try:
-                fd = os.open(path, flags)
+                return os.open(path, flags), False
             except FileNotFoundError:
                 continue  # removed in between: create it
             except OSError as exc:
                 raise error(path, "cannot open", exc) from exc
         except OSError as exc:
             raise error(path, "cannot create", exc) from exc
-        break
-    try:
-        st = os.fstat(fd)
-        problem = None
-        if not stat.S_ISREG(st.st_mode):
-            problem = "is not a regular file; remove it or choose another path"
-        elif st.st_nlink != 1:
-            problem = f"has {st.st_nlink} hard links, which is refused; remove it"
-        elif st.st_uid not in (os.geteuid(), 0):
-            problem = f"is owned by uid {st.st_uid}, not by us; remove it"
-        elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            problem = (
-                f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}), who "
-                "could put any pid in it; remove it if nothing runs, or chmod go-w it"
-            )
-        if problem:
-            raise errors.PIDFileError(f"pidfile {path} {problem}")
-        if created:
-            os.fchmod(fd, mode)
-    except BaseException:
+
+
+def _problem(st: os.stat_result) -> str | None:
+    """Why the opened file ``st`` must not be used as a pidfile, if it must not."""
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file; remove it or choose another path"
+    if st.st_nlink != 1:
+        return f"has {st.st_nlink} hard links, which is refused; remove it"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"is owned by uid {st.st_uid}, not by us; remove it"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (
+            f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}), who "
+            "could put any pid in it; remove it if nothing runs, or chmod go-w it"
+        )
+    return None
+
+
+def open_pidfile(path: str, flags: int, mode: int) -> tuple[int, bool]:
+    """Open (creating if needed) the pidfile, refusing anything unsafe.
+
+    Returns the descriptor and whether this call created the file. Refused:
+    symlinks (``O_NOFOLLOW`` in ``flags``), non-regular files, hard links,
+    files owned by another user and files others may write; a file created
+    here is removed again then. A file removed as it was opened (a ``stop``
+    cleaning up a stale one, even one just created here) is opened afresh.
+    """
+    while True:
+        fd, created = _open_or_create(path, flags, mode)
+        try:
+            st = os.fstat(fd)
+            removed = st.st_nlink == 0
+            problem = None if removed else _problem(st)
+            if problem:
+                raise errors.PIDFileError(f"pidfile {path} {problem}")
+            if created and not removed:
+                os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            if created:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise
+        if not removed:
+            return fd, created
         os.close(fd)
-        if created:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        raise
-    return fd, created

@@ -77,8 +77,8 @@ class ControlStatus:
         if self.state == PIDStatus.RUNNING:
             up = f", up {_human(self.uptime)}" if self.uptime is not None else ""
             return f"running (pid {self.pid}{up})"
-        if self.state == PIDStatus.STARTING and self.reason:
-            return f"starting or orphaned: {self.pidfile} is {self.reason}"
+        if self.state == PIDStatus.STALE and self.reason:
+            return f"dead: {self.reason}"
         return {
             PIDStatus.STARTING: "starting (pidfile locked, no pid written yet)",
             PIDStatus.STALE: f"dead, but the pidfile {self.pidfile} remains (stale)",
@@ -159,7 +159,10 @@ def _open_holder(path: str) -> tuple[ControlStatus, int | None]:
     found = ControlStatus(path, before)
     if before.state != PIDStatus.RUNNING or before.pid is None:
         return found, None
-    pidfd = os.pidfd_open(before.pid)
+    try:
+        pidfd = os.pidfd_open(before.pid)
+    except ProcessLookupError:  # it exited just now: judge the file again
+        return ControlStatus(path, PIDFile(path).holder()), None
     after = PIDFile(path).holder()
     if after.state != PIDStatus.RUNNING or after.pid != before.pid:
         os.close(pidfd)
@@ -194,10 +197,11 @@ def stop(
     found, pidfd = _open_holder(path)
     if pidfd is None or found.pid is None:
         result = StopResult(None, was_running=False)
-        if found.state == PIDStatus.STALE:
+        if found.state == PIDStatus.STALE and not found.reason:
             _remove_stale(path)  # as start-stop-daemon --remove-pidfile would
-        if found.state not in (PIDStatus.ABSENT, PIDStatus.STALE):
-            result.stopped = found.state != PIDStatus.STARTING and found.code != LSB_UNKNOWN
+        if found.state not in (PIDStatus.ABSENT, PIDStatus.STALE) or found.reason:
+            # Starting, unknown, or gone with a leftover process holding the lock.
+            result.stopped = False
             result.message = found.describe()
         return result
     pid = found.pid

@@ -28,7 +28,7 @@ import stat
 import time
 import weakref
 
-from . import _flock, _pidopen
+from . import _flock, _pidopen, _posix
 from ._lazy import errors
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
@@ -65,6 +65,9 @@ def __getattr__(name: str) -> object:
 
 
 MODE = 0o644
+# Seconds to let a passing state settle (a daemon exiting, a start taking
+# over a stale file) before judging it a lasting one.
+SETTLE = 0.05
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _HELD: weakref.WeakSet[PIDFile] = weakref.WeakSet()
 _hook_registered = False
@@ -280,12 +283,27 @@ class PIDFile:
         Everything is judged on one open descriptor: lock, content, lock
         again, and that the file is still the one at ``path``. A pid is
         reported running only if that process really holds the lock (where
-        we may look), so the previous owner's pid, still in a file a
-        new start has just locked, is never taken for the holder.
+        we may look), so the previous owner's pid, still in a file a new
+        start has just locked, is never taken for the holder, nor is a
+        process that got a dead daemon's pid and has the file open.
         """
         if self.i_am_locking():
             pid = self.read_pid()
             return PIDStatus(self.path, PIDStatus.RUNNING if pid else PIDStatus.STARTING, pid)
+        found = self._look()
+        deadline = time.monotonic() + SETTLE
+        while not isinstance(found, PIDStatus):
+            # Locked, but not by the pid written in it. For an instant that is
+            # a start taking over a stale file, or the daemon exiting; if it
+            # lasts, a process the dead daemon left behind holds the lock.
+            if time.monotonic() >= deadline:
+                return self._orphaned(*found)
+            time.sleep(0.002)
+            found = self._look()
+        return found
+
+    def _look(self) -> PIDStatus | tuple[int, os.stat_result]:
+        """One look; ``(pid, stat)`` if locked by someone other than ``pid``."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -308,18 +326,26 @@ class PIDFile:
                 return PIDStatus(self.path, PIDStatus.STARTING, None)
             if _flock.pid_alive(pid) and _flock.holds_lock(pid, st) is not False:
                 return PIDStatus(self.path, PIDStatus.RUNNING, pid)
-            # A start taking over a stale file (for an instant), or a child the
-            # dead daemon left behind, which still holds the lock.
-            return PIDStatus(
-                self.path,
-                PIDStatus.STARTING,
-                None,
-                f"locked, but not by pid {pid} named in it: a start taking over, or a "
-                f"process the daemon left behind holds the lock (find it: fuser {self.path})",
-            )
+            return pid, st
         if pid is not None and _flock.pid_alive(pid):
+            # Unlocked, yet alive: a reused pid, or the daemon itself in the
+            # instant between closing its files and becoming a zombie.
+            if _posix.exits_within(pid, SETTLE):
+                return PIDStatus(self.path, PIDStatus.STALE, pid)
             return PIDStatus(self.path, PIDStatus.UNVERIFIED, pid)
         return PIDStatus(self.path, PIDStatus.STALE, pid)
+
+    def _orphaned(self, pid: int, st: os.stat_result) -> PIDStatus:
+        """The daemon ``pid`` is gone; a process it left behind holds the lock."""
+        owners = ", ".join(map(str, _flock.lock_owners(st)))
+        return PIDStatus(
+            self.path,
+            PIDStatus.STALE,
+            pid,
+            f"the daemon (pid {pid}) is gone, but another process still holds the lock "
+            f"(pid {owners or '?'}, perhaps a child it left behind; fuser {self.path} "
+            "names it): stop that process, then start again",
+        )
 
     def lock(self, timeout: float | None = None) -> None:
         """Take the lock without writing a pid (the daemon writes it later).
@@ -344,6 +370,8 @@ class PIDFile:
             except BaseException:
                 os.close(fd)
                 raise
+            if not locked and deadline is None:
+                locked = self._lock_settles(fd)
             if not locked:
                 os.close(fd)
                 self._raise_held(timeout)
@@ -410,8 +438,21 @@ class PIDFile:
     def _error(self, action: str, exc: OSError) -> errors.PIDFileError:
         return _pidopen.error(self.path, action, exc)
 
+    @staticmethod
+    def _lock_settles(fd: int) -> bool:
+        """Take a lock that was held only for an instant (a stop removing a stale file)."""
+        until = time.monotonic() + SETTLE
+        while time.monotonic() < until:
+            time.sleep(0.002)
+            if _flock.try_lock(fd):
+                return True
+        return False
+
     def _raise_held(self, timeout: float | None) -> NoReturn:
-        pid = self.read_pid()
+        found = self.holder()
+        if found.state == PIDStatus.STALE and found.reason:
+            raise errors.PIDFileError(f"pidfile {self.path}: {found.reason}")
+        pid = found.pid if found.state == PIDStatus.RUNNING else None
         who = f"running as pid {pid}" if pid else "starting (no pid written yet)"
         if timeout is not None and timeout > 0:
             raise errors.PIDFileTimeoutError(
