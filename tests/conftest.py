@@ -272,8 +272,8 @@ def _scratch_dir(prefix: str, mode: int | None = None) -> Iterator[Path]:
 
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
-    """A directory any user may write (tmp_path's parents are root-only)."""
-    yield from _scratch_dir("daemonkit-test-", 0o777)
+    """A directory any user may write, sticky as /tmp is (tmp_path's parents are root-only)."""
+    yield from _scratch_dir("daemonkit-test-", 0o1777)
 
 
 @pytest.fixture
