@@ -174,6 +174,8 @@ def wait_lock(fd: int, deadline: float) -> bool:
         done.set()
 
     threading.Thread(target=wait, name="daemonkit-pidfile-wait", daemon=True).start()
-    done.wait(max(0.0, deadline - time.monotonic()))
+    while not done.wait(min(max(0.0, deadline - time.monotonic()), 1e6)):
+        if time.monotonic() >= deadline:
+            break
     with guard:  # the thread's verdict, if it came before the deadline
         return state["locked"]

@@ -69,7 +69,7 @@ class PipeReceiver:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            if not poller.poll(remaining * 1000):
+            if not poller.poll(_posix.wait_ms(remaining)):
                 continue
             chunk = os.read(self.fd, 65536)
             if not chunk:

@@ -91,7 +91,7 @@ def _lookup_user(uid: object) -> Any:
             return pwd.getpwnam(uid)
         if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0:
             return pwd.getpwuid(uid)
-    except KeyError:
+    except (KeyError, OverflowError, ValueError):  # ValueError: a NUL in the name
         raise errors.UnknownUserError(
             f"uid: no user {uid!r} in the user database; create it or choose another"
         ) from None
@@ -106,7 +106,7 @@ def _lookup_gid(gid: object) -> int:
             return grp.getgrnam(gid).gr_gid
         if isinstance(gid, int) and not isinstance(gid, bool) and gid >= 0:
             return grp.getgrgid(gid).gr_gid
-    except KeyError:
+    except (KeyError, OverflowError, ValueError):  # ValueError: a NUL in the name
         raise errors.UnknownGroupError(
             f"gid: no group {gid!r} in the group database; create it or choose another"
         ) from None
@@ -160,6 +160,9 @@ def resolve_owner(uid: object, gid: object, initgroups: bool) -> OwnerChange | N
     return OwnerChange(target_uid, target_gid, groups)
 
 
+MAX_FD = 2**31 - 1  # descriptors are C ints
+
+
 def preserved_descriptors(files_preserve: object) -> set[int]:
     """Descriptors named by ``files_preserve`` (ints, file-likes, handlers)."""
     if files_preserve is None:
@@ -178,9 +181,27 @@ def preserved_descriptors(files_preserve: object) -> set[int]:
         fd = file_descriptor(item)
         if fd is None:
             fd = handler_descriptor(item)
+        if fd is not None and fd > MAX_FD:
+            raise errors.ConfigurationError(
+                f"files_preserve: {fd!r} is beyond any possible descriptor number"
+            )
         if fd is not None:
             preserved.add(fd)
     return preserved
+
+
+def _check_pidfile(pidfile: object) -> None:
+    """A pidfile must be a context manager (PEP 3143): refuse anything else pre-fork."""
+    if pidfile is None or (hasattr(pidfile, "__enter__") and hasattr(pidfile, "__exit__")):
+        return
+    if isinstance(pidfile, (str, os.PathLike)):
+        raise errors.ConfigurationError(
+            f"pidfile={pidfile!r} is a path; give a lock object: daemonkit.PIDFile({pidfile!r})"
+        )
+    raise errors.ConfigurationError(
+        f"pidfile must be a lock object with __enter__ and __exit__ (such as "
+        f"daemonkit.PIDFile(path)), not {pidfile!r}"
+    )
 
 
 def _check_umask(umask: object) -> int:
@@ -252,6 +273,7 @@ def build_plan(context: DaemonContext) -> Plan:
         _check_directory("working_directory", working)
         plan.working_directory = os.path.abspath(working)
     plan.umask = _check_umask(context.umask)
+    _check_pidfile(context.pidfile)
     plan.prevent_core = bool(context.prevent_core)
     plan.owner = resolve_owner(context.uid, context.gid, bool(context.initgroups))
     signals = resolve_signal_map(context.signal_map, context)

@@ -234,6 +234,16 @@ def above_stdio(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
+# The longest single poll()/select() (poll takes an int of milliseconds):
+# longer waits, up to an infinite one, loop until their deadline.
+MAX_WAIT = 1_000_000.0  # seconds
+
+
+def wait_ms(seconds: float) -> int:
+    """``seconds`` (clamped to 0..MAX_WAIT) in milliseconds, for ``poll()``."""
+    return int(min(max(seconds, 0.0), MAX_WAIT) * 1000)
+
+
 def out_of_descriptors(exc: BaseException) -> BaseException | None:
     """A clear error for an ``EMFILE``/``ENFILE`` met while preparing; None otherwise."""
     if not isinstance(exc, OSError) or isinstance(exc, errors.DaemonError):

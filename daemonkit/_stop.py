@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import time
 
+from . import _posix
+
 __all__ = ["StopRequest"]
 
 
@@ -102,6 +104,8 @@ class StopRequest:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
+            if remaining is not None:
+                remaining = min(remaining, _posix.MAX_WAIT)
             readable = select.select(watched, [], [], remaining)[0]
             if watched[0] in readable and not self._set:
                 _drain(watched[0])  # written by someone else: not a stop

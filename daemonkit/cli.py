@@ -39,6 +39,16 @@ def _umask(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # negative, NaN or not a number
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def _env(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -65,7 +75,7 @@ def _add_start_options(parser: argparse.ArgumentParser) -> None:
         "not just for a successful exec",
     )
     parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds to wait for readiness (default 90)"
+        "--timeout", type=_seconds, default=None, help="seconds to wait for readiness (default 90)"
     )
     parser.add_argument("--name", help="name used in messages (default: the command)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
@@ -89,7 +99,9 @@ def _context(args: argparse.Namespace, detach: bool) -> Any:
     keep = (sys.stdout, sys.stderr) if not detach else (None, None)
 
     def owner(value: str | None) -> int | str | None:
-        return int(value) if value is not None and value.isdigit() else value
+        if value is not None and value.isascii() and value.isdigit():
+            return int(value)
+        return value
 
     return DaemonContext(
         working_directory=args.chdir,
@@ -269,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--pidfile", required=True)
     stop.add_argument("--signal", default="TERM", help="signal to send (default TERM)")
     stop.add_argument("--retry", help="schedule such as TERM/30/KILL/5 (start-stop-daemon's)")
-    stop.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    stop.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait (default 30)")
     stop.add_argument("--group", action="store_true", help="signal the whole process group")
     status = add("status", "tell whether the daemon holding --pidfile runs (LSB codes)")
     status.add_argument("--pidfile", required=True)
@@ -282,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="wait for the daemon's RELOADING=1 and READY=1 (started with start --notify)",
     )
-    reload.add_argument("--timeout", type=float, default=90.0, help="seconds to wait")
+    reload.add_argument("--timeout", type=_seconds, default=90.0, help="seconds to wait")
     return parser
 
 

@@ -17,6 +17,7 @@ import select
 import signal
 import time
 
+from . import _posix
 from .errors import ConfigurationError
 from .pidfile import PIDFile, PIDStatus
 from .signals import resolve_signal
@@ -116,8 +117,9 @@ def parse_schedule(schedule: str, default_signal: str = "TERM") -> list[tuple[in
     parts = [part for part in schedule.split("/") if part]
     if not parts:
         raise ConfigurationError(f"empty retry schedule {schedule!r}")
-    if len(parts) == 1 and parts[0].replace(".", "", 1).isdigit():
-        seconds = float(parts[0])
+    bare = parts[0].replace(".", "", 1)
+    if len(parts) == 1 and bare.isascii() and bare.isdigit():
+        seconds = check_wait(float(parts[0]), f"retry {schedule!r}")
         return [(resolve_signal(default_signal, "retry"), seconds), (signal.SIGKILL, seconds)]
     steps: list[tuple[int, float]] = []
     for index in range(0, len(parts), 2):
@@ -128,7 +130,9 @@ def parse_schedule(schedule: str, default_signal: str = "TERM") -> list[tuple[in
             raise ConfigurationError(
                 f"retry schedule {schedule!r}: {parts[index + 1]!r} is not a number of seconds"
             ) from None
-        sig = resolve_signal(int(name) if name.isdigit() else name, f"retry {schedule!r}")
+        check_wait(wait, f"retry schedule {schedule!r}")
+        numeric = name.isascii() and name.isdigit()
+        sig = resolve_signal(int(name) if numeric else name, f"retry {schedule!r}")
         steps.append((sig, wait))
     return steps
 
@@ -193,7 +197,10 @@ def stop(
     waited for. ``group`` signals the daemon's whole process group.
     """
     path = os.fspath(pidfile)
-    steps = parse_schedule(retry) if retry else [(resolve_signal(sig, "signal"), timeout)]
+    if retry:
+        steps = parse_schedule(retry)
+    else:
+        steps = [(resolve_signal(sig, "signal"), check_wait(timeout, "timeout"))]
     found, pidfd = _open_holder(path)
     if pidfd is None or found.pid is None:
         result = StopResult(None, was_running=False)
@@ -216,7 +223,7 @@ def stop(
             except ProcessLookupError:
                 pass
             result.signals.append(signal.Signals(step_signal).name)
-            if poller.poll(wait * 1000):
+            if _gone_within(poller, wait):
                 result.stopped = True
                 break
     finally:
@@ -230,6 +237,23 @@ def stop(
         else f"pid {pid} is still running after {'/'.join(result.signals)}"
     )
     return result
+
+
+def _gone_within(poller: select.poll, seconds: float) -> bool:
+    """Poll a pidfd until it is readable (the process exited) or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if poller.poll(_posix.wait_ms(deadline - time.monotonic())):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def check_wait(seconds: object, what: str) -> float:
+    """``seconds`` as a wait: a number >= 0 (``inf``: for ever), else ConfigurationError."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ConfigurationError(f"{what} must be a number of seconds >= 0, not {seconds!r}")
+    return float(seconds)
 
 
 def _remove_stale(path: str) -> None:
@@ -283,7 +307,7 @@ def reload(
 def _wait_reloaded(receiver: Any, pid: int, timeout: float) -> None:
     from .errors import StartupError
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + check_wait(timeout, "timeout")
     reloading = False
     while True:
         messages = receiver.receive(deadline)

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import readiness
+from . import _posix, readiness
 from ._activation import activated_fd_numbers, listen_fd_names
 from .errors import ConfigurationError, DaemonOSEnvironmentError
 
@@ -247,7 +247,7 @@ class NotifySocketReceiver:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            ready = [fd for fd, _ in poller.poll(remaining * 1000)]
+            ready = [fd for fd, _ in poller.poll(_posix.wait_ms(remaining))]
             if not ready:
                 continue
             if self._sock.fileno() not in ready:  # the watched process exited

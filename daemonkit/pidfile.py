@@ -380,6 +380,7 @@ class PIDFile:
             os.close(fd)  # removed or replaced while we waited: lock the new one
         try:
             os.ftruncate(fd, 0)
+            os.pwrite(fd, b"", 0)  # fails where a pid could not be written (procfs)
         except OSError as exc:
             os.close(fd)
             raise self._error("cannot empty", exc) from exc

@@ -117,6 +117,8 @@ def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
             os.fchmod(fd, mode)  # the launcher's own umask must not narrow it
     except UnsafePath as exc:
         raise errors.StreamError(f"{name}: refusing {path!r}: {exc}") from exc
+    except ValueError as exc:  # a NUL in the path
+        raise errors.StreamError(f"{name}: {path!r} is not a usable path: {exc}") from exc
     except OSError as exc:
         hint = {
             "ENOENT": "create the directory first",
@@ -165,7 +167,7 @@ def resolve_streams(policies: dict[str, Any], umask: int) -> StreamTargets:
                 )
             try:
                 os.fstat(fd)
-            except OSError as exc:
+            except (OSError, OverflowError) as exc:
                 raise errors.StreamError(
                     f"{name}: descriptor {fd} of {value!r} is not open"
                 ) from exc
