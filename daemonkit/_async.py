@@ -38,6 +38,13 @@ class _Bridge:
     Handing the signals over (and back) happens with them blocked, so one
     that arrives meanwhile is delivered afterwards to whichever handler is
     then in place, never to the default action in between.
+
+    The handlers are Python-level ones that schedule :meth:`fire` on the
+    loop, at most once per signal until it has run. ``loop.add_signal_handler``
+    is not used: it learns which signal came from bytes written to a socket
+    pair, which a burst of signals fills (signals are then lost, a warning is
+    printed for each, and a nested C handler can deadlock on the lock of
+    the one it interrupted). Python's own per-signal flags coalesce instead.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any]) -> None:
@@ -56,31 +63,35 @@ class _Bridge:
         if not self.handlers:  # outside a DaemonContext: SIGTERM still ends it cleanly
             self.handlers[signal.SIGTERM] = _exit_cleanly
         self.before: dict[int, Any] = {}
-        self.wakeup_before = -1
+        self.pending: set[int] = set()
 
     def install(self) -> None:
         mask = block_signals(self.handlers)
         try:
-            self.wakeup_before = signal.set_wakeup_fd(-1)
-            signal.set_wakeup_fd(self.wakeup_before)
             for signum in self.handlers:
                 self.before[signum] = signal.getsignal(signum)
-                self.loop.add_signal_handler(signum, self.fire, signum)
+                signal.signal(signum, self.noted)
         finally:
             set_signal_mask(mask)
+
+    def noted(self, signum: int, frame: object) -> None:
+        """The Python-level handler: schedule the signal's handler on the loop."""
+        if signum in self.pending or self.loop.is_closed():
+            return
+        self.pending.add(signum)
+        self.loop.call_soon_threadsafe(self.fire, signum)
 
     def hold(self) -> set[int]:
         """Block the bridged signals while the loop shuts down; returns the old mask."""
         return block_signals(self.handlers)
 
     def restore(self) -> None:
-        """Put back the handlers and the wakeup descriptor there were before."""
+        """Put back the handlers there were before."""
         for signum, before in self.before.items():
-            self.loop.remove_signal_handler(signum)
             signal.signal(signum, signal.SIG_DFL if before is None else before)
-        signal.set_wakeup_fd(self.wakeup_before)
 
     def fire(self, signum: int) -> None:
+        self.pending.discard(signum)
         try:
             result = self.handlers[signum](signum, None)
         except SystemExit as exc:

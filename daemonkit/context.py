@@ -311,6 +311,7 @@ class DaemonContext:
                 import lockfile  # noqa: F401 - for NotLocked and friends
         self._log_files = plan.log_files
         self._handled_signals = set(plan.signals)
+        atexit.register(self._hold_signals_at_exit)  # runs last: atexit is LIFO
         atexit.register(self.close)  # a no-op unless the context is open
         return keep
 
@@ -371,6 +372,16 @@ class DaemonContext:
                 self.pidfile.__exit__(None, None, None)
             finally:
                 _posix.set_signal_mask(mask)
+
+    def _hold_signals_at_exit(self) -> None:
+        """At interpreter exit, keep the mapped signals waiting (blocked).
+
+        CPython puts every signal back to its default action while it
+        finalizes, so a SIGHUP arriving then would kill, with that signal, a
+        daemon that is exiting cleanly after SIGTERM (status -1, not 0).
+        """
+        if self._owner_pid == os.getpid() and self._handled_signals:
+            _posix.block_signals(self._handled_signals)
 
     def __enter__(self) -> DaemonContext:
         self.open()
