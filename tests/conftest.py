@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -464,3 +464,31 @@ class Supervised:
     def statuses(self, daemon_pid: int, timeout: float = 10.0) -> dict[str, int]:
         """Exit statuses of the launcher and the daemon, once all are gone."""
         return self.finish(daemon_pid, timeout)[0]
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount small tmpfs file systems (as root); unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        where = tmp_path / f"mnt{len(mounted)}"
+        where.mkdir()
+        try:
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.skip(f"cannot mount a tmpfs here: {getattr(exc, 'stderr', exc)}")
+        mounted.append(where)
+        return where
+
+    try:
+        yield mount
+    finally:
+        for where in reversed(mounted):
+            if subprocess.run(["umount", str(where)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -66,34 +66,6 @@ def listing(folder: Path) -> list[tuple[str, int]]:
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mount small tmpfs file systems (as root); unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        where = tmp_path / f"mnt{len(mounted)}"
-        where.mkdir()
-        try:
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-        except (OSError, subprocess.CalledProcessError) as exc:
-            pytest.skip(f"cannot mount a tmpfs here: {getattr(exc, 'stderr', exc)}")
-        mounted.append(where)
-        return where
-
-    try:
-        yield mount
-    finally:
-        for where in reversed(mounted):
-            if subprocess.run(["umount", str(where)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-@pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A directory other users can reach (tmp_path's parents are root-only), mode 0755."""
     folder = Path(tempfile.mkdtemp(prefix="daemonkit-hostile-"))

@@ -936,34 +936,6 @@ def test_no_permission_is_a_clear_pidfile_error(
         assert not path.exists()
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mount small tmpfs file systems (as root); unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        where = tmp_path / f"mnt{len(mounted)}"
-        where.mkdir()
-        try:
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-        except (OSError, subprocess.CalledProcessError) as exc:
-            pytest.skip(f"cannot mount a tmpfs here: {getattr(exc, 'stderr', exc)}")
-        mounted.append(where)
-        return where
-
-    try:
-        yield mount
-    finally:
-        for where in reversed(mounted):
-            if subprocess.run(["umount", str(where)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
 def test_a_read_only_filesystem_is_named(tmpfs: Callable[[str], Path]) -> None:
     where = tmpfs("ro,size=64k,mode=0755")
     path = where / "x.pid"
