@@ -143,11 +143,8 @@ def _find_command(name: str, path: str | None, root: str | None, workdir: str) -
     return None
 
 
-def _launch(args: argparse.Namespace, detach: bool) -> int:
-    """``start`` and ``run``: set the process up through DaemonContext, then exec."""
-    from ._activation import handed_down_environment
-    from .errors import AlreadyRunningError, ConfigurationError, DaemonError
-
+def _program(args: argparse.Namespace) -> tuple[list[str], str, dict[str, str]] | int:
+    """The command, the executable to exec and its environment; or the exit code."""
     command = _command(args)
     if not command:
         _say(args, "no command given (usage: daemonkit start [OPTIONS] -- CMD [ARG...])")
@@ -159,6 +156,18 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
         where = f" inside the chroot {args.chroot}" if args.chroot else ""
         _say(args, f"command not found{where}: {command[0]}")
         return LSB_NOT_INSTALLED
+    return command, executable, environment
+
+
+def _launch(args: argparse.Namespace, detach: bool) -> int:
+    """``start`` and ``run``: set the process up through DaemonContext, then exec."""
+    from ._activation import handed_down_environment
+    from .errors import AlreadyRunningError, ConfigurationError, DaemonError
+
+    found = _program(args)
+    if isinstance(found, int):
+        return found
+    command, executable, environment = found
     context = _context(args, detach)
     receiver = None
     if args.notify and detach:
@@ -243,6 +252,9 @@ def _reload(args: argparse.Namespace) -> int:
 def _restart(args: argparse.Namespace) -> int:
     from . import control
 
+    found = _program(args)  # a bad command must not cost the running daemon
+    if isinstance(found, int):
+        return found
     if args.pidfile:
         result = control.stop(args.pidfile, retry=args.retry)
         if not result.stopped:

@@ -200,7 +200,7 @@ def stop(
     if retry:
         steps = parse_schedule(retry)
     else:
-        steps = [(resolve_signal(sig, "signal"), check_wait(timeout, "timeout"))]
+        steps = [(resolve_signal(_number(sig), "signal"), check_wait(timeout, "timeout"))]
     found, pidfd = _open_holder(path)
     if pidfd is None or found.pid is None:
         result = StopResult(None, was_running=False)
@@ -249,6 +249,11 @@ def _gone_within(poller: select.poll, seconds: float) -> bool:
             return False
 
 
+def _number(sig: int | str) -> int | str:
+    """A signal given as ASCII digits ("15") as its number; anything else as it is."""
+    return int(sig) if isinstance(sig, str) and sig.isascii() and sig.isdigit() else sig
+
+
 def check_wait(seconds: object, what: str) -> float:
     """``seconds`` as a wait: a number >= 0 (``inf``: for ever), else ConfigurationError."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
@@ -294,7 +299,7 @@ def reload(
 
             receiver = NotifySocketReceiver(pidfile_notify_name(path))
             receiver.watch(pid)
-        signal.pidfd_send_signal(pidfd, resolve_signal(sig, "signal"))
+        signal.pidfd_send_signal(pidfd, resolve_signal(_number(sig), "signal"))
         if receiver is not None:
             _wait_reloaded(receiver, pid, timeout)
     finally:

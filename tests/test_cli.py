@@ -475,6 +475,29 @@ def test_restart_replaces_a_running_daemon(daemons: Daemons, tmp_path: Path) -> 
     assert f"running (pid {new}" in status.stdout
 
 
+def test_restart_with_a_missing_command_leaves_the_daemon_running(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """A typo in the new command is found before the running daemon is stopped."""
+    pidfile = tmp_path / "d.pid"
+    old = start_sleep(daemons, pidfile)
+    launch = dk(daemons, "restart", "--pidfile", pidfile, "--", "no-such-command-dk")
+    assert launch.returncode == 5, launch.stderr
+    assert "command not found: no-such-command-dk" in launch.stderr
+    assert is_alive(old)
+    assert daemon_pid(daemons, pidfile) == old
+
+
+def test_stop_takes_a_signal_number(daemons: Daemons, tmp_path: Path) -> None:
+    """``--signal 15`` is SIGTERM, as ``--retry 15/5`` already allowed."""
+    pidfile = tmp_path / "d.pid"
+    old = start_sleep(daemons, pidfile)
+    launch = dk(daemons, "stop", "--pidfile", pidfile, "--signal", "15")
+    assert launch.returncode == 0, launch.stderr
+    assert "SIGTERM" in launch.stderr
+    assert wait_gone(old, 5.0)
+
+
 def test_restart_when_not_running_starts(daemons: Daemons, tmp_path: Path) -> None:
     pidfile = tmp_path / "d.pid"
     launch = dk(daemons, "restart", "--pidfile", pidfile, "--", "sleep", "30")
