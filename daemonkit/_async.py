@@ -1,8 +1,8 @@
 """asyncio main loops in a daemon: the signal map, bridged to the event loop.
 
 ``daemonkit.run_async(main())`` is ``asyncio.run`` for a daemon. While the
-loop runs, every signal the daemon handles in Python is delivered through
-``loop.add_signal_handler`` instead, so its handler runs as a loop callback
+loop runs, every signal the daemon handles in Python is handed to the loop
+instead, so its handler runs as a loop callback
 (never inside another, free to touch loop objects; a handler may also be a
 coroutine function, whose coroutine is run as a task). A handler that asks
 the process to exit (``terminate``, the default for SIGTERM, raises
@@ -15,11 +15,12 @@ with the status asked for.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Coroutine
 
-from ._posix import block_signals, set_signal_mask
-from .signals import Dispatched, active_dispatcher
+from ._posix import block_signals, set_signal_mask, set_wakeup_fd
+from .signals import Dispatched, active_dispatcher, main_thread_wakeup
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class _Bridge:
             self.handlers[signal.SIGTERM] = _exit_cleanly
         self.before: dict[int, Any] = {}
         self.pending: set[int] = set()
+        self.wakeup = -1  # read end of the pipe the C-level handler writes to
+        self.own_pipe: tuple[int, int] | None = None
+        self.wakeup_before = -1
 
     def install(self) -> None:
         mask = block_signals(self.handlers)
@@ -71,8 +75,23 @@ class _Bridge:
             for signum in self.handlers:
                 self.before[signum] = signal.getsignal(signum)
                 signal.signal(signum, self.noted)
+            self._watch_wakeup()
         finally:
             set_signal_mask(mask)
+
+    def _watch_wakeup(self) -> None:
+        """Wake the loop when a signal arrives, even one caught on another thread.
+
+        The Python-level handlers run only in the main thread, between
+        bytecodes: a loop asleep in ``epoll`` must be woken for them.
+        """
+        wakeup = main_thread_wakeup()  # the daemon's own wakeup pipe, if any
+        if wakeup is None:
+            self.own_pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            self.wakeup_before = set_wakeup_fd(self.own_pipe[1])
+            wakeup = self.own_pipe[0]
+        self.wakeup = wakeup
+        self.loop.add_reader(wakeup, _drain, wakeup)
 
     def noted(self, signum: int, frame: object) -> None:
         """The Python-level handler: schedule the signal's handler on the loop."""
@@ -86,9 +105,16 @@ class _Bridge:
         return block_signals(self.handlers)
 
     def restore(self) -> None:
-        """Put back the handlers there were before."""
+        """Put back the handlers and the wakeup descriptor there were before."""
         for signum, before in self.before.items():
             signal.signal(signum, signal.SIG_DFL if before is None else before)
+        if self.wakeup >= 0:
+            self.loop.remove_reader(self.wakeup)
+        if self.own_pipe is not None:
+            set_wakeup_fd(self.wakeup_before)
+            for fd in self.own_pipe:
+                os.close(fd)
+            self.own_pipe = None
 
     def fire(self, signum: int) -> None:
         self.pending.discard(signum)
@@ -101,6 +127,15 @@ class _Bridge:
             return
         if asyncio.iscoroutine(result):
             self.loop.create_task(result)
+
+
+def _drain(fd: int) -> None:
+    """Empty the wakeup pipe: the handlers run once the loop is back in Python."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except OSError:  # BlockingIOError: empty now
+        pass
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

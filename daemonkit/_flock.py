@@ -127,6 +127,18 @@ def lock_owners(st: os.stat_result) -> list[int]:
     return owners
 
 
+def innermost_pid(pid: int) -> int | None:
+    """Process ``pid``'s pid in its own (innermost) PID namespace, if known."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def try_lock(fd: int) -> bool:
     """Take the exclusive lock without waiting for a holder; False if held."""
     for _ in range(50):

@@ -81,10 +81,10 @@ def _problem(st: os.stat_result) -> str | None:
         return f"has {st.st_nlink} hard links, which is refused; remove it"
     if st.st_uid not in (os.geteuid(), 0):
         return f"is owned by uid {st.st_uid}, not by us; remove it"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if st.st_mode & stat.S_IWOTH:
         return (
-            f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}), who "
-            "could put any pid in it; remove it if nothing runs, or chmod go-w it"
+            f"is writable by everyone (mode {stat.S_IMODE(st.st_mode):04o}), so anyone "
+            "could put any pid in it; remove it if nothing runs, or chmod o-w it"
         )
     return None
 
@@ -94,7 +94,7 @@ def open_pidfile(path: str, flags: int, mode: int) -> tuple[int, bool]:
 
     Returns the descriptor and whether this call created the file. Refused:
     symlinks (``O_NOFOLLOW`` in ``flags``), non-regular files, hard links,
-    files owned by another user and files others may write; a file created
+    files owned by another user and files everyone may write; a file created
     here is removed again then. A file removed as it was opened (a ``stop``
     cleaning up a stale one, even one just created here) is opened afresh.
     """

@@ -116,6 +116,15 @@ def raise_signal(signum: int) -> None:
     _raw_signal.raise_signal(signum)
 
 
+def ignore_signals(signals: Iterable[int]) -> None:
+    """Set ``signals`` to SIG_IGN (for the whole process, every thread)."""
+    for signum in signals:
+        try:
+            _raw_signal.signal(signum, _raw_signal.SIG_IGN)
+        except (OSError, ValueError):
+            pass
+
+
 def set_wakeup_fd(fd: int) -> int:
     """Python's signal wakeup descriptor (-1: none); returns the previous one."""
     return int(_raw_signal.set_wakeup_fd(fd, warn_on_full_buffer=False))

@@ -147,6 +147,7 @@ class DaemonContext:
         self._handled_signals: set[int] = set()
         self._is_open = False
         self._owner_pid: int | None = None
+        self._exit_hooks = False
         # Set by daemonkit.cli for ``start``: the daemon will exec a program.
         self._exec_is_ready = False
         self._notify_receiver: Any = None
@@ -311,8 +312,10 @@ class DaemonContext:
                 import lockfile  # noqa: F401 - for NotLocked and friends
         self._log_files = plan.log_files
         self._handled_signals = set(plan.signals)
-        atexit.register(self._hold_signals_at_exit)  # runs last: atexit is LIFO
-        atexit.register(self.close)  # a no-op unless the context is open
+        if not self._exit_hooks:
+            self._exit_hooks = True
+            atexit.register(self._ignore_signals_at_exit)  # after close (LIFO)
+            atexit.register(self.close)  # a no-op unless the context is open
         return keep
 
     def _enter(
@@ -373,15 +376,18 @@ class DaemonContext:
             finally:
                 _posix.set_signal_mask(mask)
 
-    def _hold_signals_at_exit(self) -> None:
-        """At interpreter exit, keep the mapped signals waiting (blocked).
+    def _ignore_signals_at_exit(self) -> None:
+        """At interpreter exit, ignore the mapped signals.
 
-        CPython puts every signal back to its default action while it
-        finalizes, so a SIGHUP arriving then would kill, with that signal, a
-        daemon that is exiting cleanly after SIGTERM (status -1, not 0).
+        CPython puts every signal it handles back to its default action while
+        it finalizes, so a SIGHUP arriving then would kill, with that signal,
+        a daemon that is exiting cleanly after SIGTERM (status -1, not 0).
+        Ignoring (rather than blocking, which only the calling thread would
+        do) holds in every thread still running; finalization leaves
+        ``SIG_IGN`` alone.
         """
         if self._owner_pid == os.getpid() and self._handled_signals:
-            _posix.block_signals(self._handled_signals)
+            _posix.ignore_signals(self._handled_signals)
 
     def __enter__(self) -> DaemonContext:
         self.open()

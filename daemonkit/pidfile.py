@@ -336,8 +336,17 @@ class PIDFile:
         return PIDStatus(self.path, PIDStatus.STALE, pid)
 
     def _orphaned(self, pid: int, st: os.stat_result) -> PIDStatus:
-        """The daemon ``pid`` is gone; a process it left behind holds the lock."""
-        owners = ", ".join(map(str, _flock.lock_owners(st)))
+        """The daemon ``pid`` is gone; a process it left behind holds the lock.
+
+        Unless the holder is the daemon seen from another PID namespace (a
+        container sharing the pidfile's directory): its innermost pid is the
+        one written in the file.
+        """
+        holders = _flock.lock_owners(st)
+        for holder in holders:
+            if _flock.innermost_pid(holder) == pid:
+                return PIDStatus(self.path, PIDStatus.RUNNING, holder)
+        owners = ", ".join(map(str, holders))
         return PIDStatus(
             self.path,
             PIDStatus.STALE,
@@ -370,7 +379,7 @@ class PIDFile:
             except BaseException:
                 os.close(fd)
                 raise
-            if not locked and deadline is None:
+            if not locked and deadline is None and not self._held_by_its_pid():
                 locked = self._lock_settles(fd)
             if not locked:
                 os.close(fd)
@@ -438,6 +447,11 @@ class PIDFile:
 
     def _error(self, action: str, exc: OSError) -> errors.PIDFileError:
         return _pidopen.error(self.path, action, exc)
+
+    def _held_by_its_pid(self) -> bool:
+        """True if the pid written in the file holds its lock (no point waiting)."""
+        found = self._look()
+        return isinstance(found, PIDStatus) and found.state == PIDStatus.RUNNING
 
     @staticmethod
     def _lock_settles(fd: int) -> bool:

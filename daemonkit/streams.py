@@ -112,7 +112,7 @@ def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
     from ._logopen import UnsafePath, open_log
 
     try:
-        fd, created = open_log(path, flags, mode)
+        fd, created, warning = open_log(path, flags, mode)
         if created:
             os.fchmod(fd, mode)  # the launcher's own umask must not narrow it
     except UnsafePath as exc:
@@ -126,7 +126,8 @@ def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
             "EROFS": "the filesystem is read-only; choose another path",
             "EISDIR": "give a file, not a directory",
             "ENOSPC": "the filesystem is full; free some space",
-            "ENXIO": "it is a fifo that nobody reads; start its reader first",
+            "ENXIO": "nothing is behind it: a fifo nobody reads, or a terminal that is gone",
+            "ELOOP": "a symbolic link appeared as it was opened; check the directory",
         }
         from errno import errorcode
 
@@ -135,6 +136,10 @@ def _open_path(name: str, path: str, umask: int, targets: StreamTargets) -> int:
         raise errors.StreamError(
             f"{name}: cannot open {path!r}: {exc.strerror} ({advice})"
         ) from exc
+    if warning:
+        from ._launcher import say
+
+        say(f"daemonkit: warning: {name}: {path!r}: {warning}")
     if created:
         targets.created.append(path)
     targets.owned.append(fd)
