@@ -69,7 +69,8 @@ def _final_path(path: str) -> str:
         if not stat.S_ISLNK(status.st_mode):
             return current
         if status.st_uid not in (0, os.geteuid()):
-            where = "it" if current == path else f"{current}, on its way,"
+            shown = os.path.normpath(current)  # for the message only: ".." may cross a link
+            where = "it" if current == path else f"{shown}, on its way,"
             raise UnsafePath(
                 f"{where} is a symbolic link owned by uid {status.st_uid}, neither root "
                 "nor us, so it is not followed; remove it, or give the path it points to"
