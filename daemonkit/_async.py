@@ -19,7 +19,7 @@ import os
 import signal
 from collections.abc import Coroutine
 
-from ._posix import block_signals, set_signal_mask, set_wakeup_fd
+from ._posix import block_signals, drain, set_signal_mask, set_wakeup_fd
 from .signals import Dispatched, active_dispatcher, main_thread_wakeup
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
@@ -91,7 +91,7 @@ class _Bridge:
             self.wakeup_before = set_wakeup_fd(self.own_pipe[1])
             wakeup = self.own_pipe[0]
         self.wakeup = wakeup
-        self.loop.add_reader(wakeup, _drain, wakeup)
+        self.loop.add_reader(wakeup, drain, wakeup)
 
     def noted(self, signum: int, frame: object) -> None:
         """The Python-level handler: schedule the signal's handler on the loop."""
@@ -127,15 +127,6 @@ class _Bridge:
             return
         if asyncio.iscoroutine(result):
             self.loop.create_task(result)
-
-
-def _drain(fd: int) -> None:
-    """Empty the wakeup pipe: the handlers run once the loop is back in Python."""
-    try:
-        while os.read(fd, 512):
-            pass
-    except OSError:  # BlockingIOError: empty now
-        pass
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -12,6 +12,8 @@ import fcntl
 import os
 import time
 
+from . import _posix
+
 _WAITER_FDS: set[int] = set()
 
 
@@ -186,7 +188,7 @@ def wait_lock(fd: int, deadline: float) -> bool:
         done.set()
 
     threading.Thread(target=wait, name="daemonkit-pidfile-wait", daemon=True).start()
-    while not done.wait(min(max(0.0, deadline - time.monotonic()), 1e6)):
+    while not done.wait(min(max(0.0, deadline - time.monotonic()), _posix.MAX_WAIT)):
         if time.monotonic() >= deadline:
             break
     with guard:  # the thread's verdict, if it came before the deadline

@@ -248,9 +248,7 @@ def _stop_silent_daemon(fd: int, pid: int | None) -> None:
                 signal.pidfd_send_signal(pidfd, sig)
             except ProcessLookupError:
                 return
-            gone = select.poll()
-            gone.register(pidfd, select.POLLIN)
-            if gone.poll(grace * 1000):
+            if _posix.pidfd_exits_within(pidfd, grace):
                 return
     finally:
         os.close(pidfd)

@@ -91,13 +91,14 @@ def open_log(path: str, flags: int, mode: int = 0o664) -> tuple[int, bool, str]:
     writing = bool(flags & (os.O_WRONLY | os.O_RDWR))
     final = _final_path(path)
     flags |= os.O_NONBLOCK | os.O_NOFOLLOW
+    mode &= ~stat.S_IWOTH  # never created writable by everyone
     created = False
     if flags & os.O_CREAT:
         try:
-            fd = os.open(final, flags | os.O_EXCL, mode & ~stat.S_IWOTH)
+            fd = os.open(final, flags | os.O_EXCL, mode)
             created = True
         except FileExistsError:
-            fd = os.open(final, flags, mode & ~stat.S_IWOTH)
+            fd = os.open(final, flags, mode)
     else:
         fd = os.open(final, flags)
     try:

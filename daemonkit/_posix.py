@@ -13,6 +13,7 @@ import os
 import resource
 import stat
 import sys
+import time
 
 from ._lazy import errors
 
@@ -72,11 +73,32 @@ def exits_within(pid: int, seconds: float) -> bool:
     except OSError:
         return False
     try:
-        import select
-
-        return bool(select.select([pidfd], [], [], seconds)[0])
+        return pidfd_exits_within(pidfd, seconds)
     finally:
         os.close(pidfd)
+
+
+def pidfd_exits_within(pidfd: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` (any length; ``inf``: for ever) for ``pidfd``'s process to exit."""
+    import select  # only where waited on: not loaded (50 kB) in every daemon
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    deadline = time.monotonic() + seconds
+    while True:
+        if poller.poll(wait_ms(deadline - time.monotonic())):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking pipe until it is empty (a wakeup pipe's bytes)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except OSError:  # BlockingIOError: empty now
+        pass
 
 
 def describe_wait_status(status: int) -> str:

@@ -108,9 +108,9 @@ class StopRequest:
                 remaining = min(remaining, _posix.MAX_WAIT)
             readable = select.select(watched, [], [], remaining)[0]
             if watched[0] in readable and not self._set:
-                _drain(watched[0])  # written by someone else: not a stop
+                _posix.drain(watched[0])  # written by someone else: not a stop
             if wakeup is not None and wakeup in readable:
-                _drain(wakeup)  # the handlers run at the next bytecode boundary
+                _posix.drain(wakeup)  # the handlers run at the next bytecode boundary
         return self._set
 
     def __bool__(self) -> bool:
@@ -118,11 +118,3 @@ class StopRequest:
 
     def __repr__(self) -> str:
         return f"<StopRequest {'set' if self._set else 'not set'}>"
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except OSError:  # BlockingIOError: empty now
-        pass

@@ -214,8 +214,6 @@ def stop(
     pid = found.pid
     result = StopResult(pid, was_running=True)
     began = time.monotonic()
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
     try:
         for step_signal, wait in steps:
             try:
@@ -223,7 +221,7 @@ def stop(
             except ProcessLookupError:
                 pass
             result.signals.append(signal.Signals(step_signal).name)
-            if _gone_within(poller, wait):
+            if _posix.pidfd_exits_within(pidfd, wait):
                 result.stopped = True
                 break
     finally:
@@ -237,16 +235,6 @@ def stop(
         else f"pid {pid} is still running after {'/'.join(result.signals)}"
     )
     return result
-
-
-def _gone_within(poller: select.poll, seconds: float) -> bool:
-    """Poll a pidfd until it is readable (the process exited) or ``seconds`` pass."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if poller.poll(_posix.wait_ms(deadline - time.monotonic())):
-            return True
-        if time.monotonic() >= deadline:
-            return False
 
 
 def _number(sig: int | str) -> int | str:
