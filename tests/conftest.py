@@ -277,6 +277,12 @@ def open_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can reach but not write (tmp_path's parents are root-only)."""
+    yield from _scratch_dir("daemonkit-shared-", 0o755)
+
+
+@pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A directory with a short path (a socket path is limited to 107 bytes)."""
     yield from _scratch_dir("dk-")

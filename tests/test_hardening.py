@@ -33,9 +33,7 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,17 +59,6 @@ from daemonkit import PIDFile, control
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, lchown)")
 
 SYSCALL_READ = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine)
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory other users can reach (tmp_path's parents are root-only), mode 0755."""
-    folder = Path(tempfile.mkdtemp(prefix="daemonkit-hardening-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["rm", "-rf", str(folder)], capture_output=True)
 
 
 def blocked_reading_stdin(pid: int) -> bool:

@@ -24,9 +24,8 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,17 +62,6 @@ def assert_refused_cleanly(result: Guarded, codes: tuple[int, ...], *fragments: 
 def listing(folder: Path) -> list[tuple[str, int]]:
     """Names and inode numbers under ``folder``, without following symlinks."""
     return sorted((str(p.relative_to(folder)), p.lstat().st_ino) for p in folder.rglob("*"))
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory other users can reach (tmp_path's parents are root-only), mode 0755."""
-    folder = Path(tempfile.mkdtemp(prefix="daemonkit-hostile-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["rm", "-rf", str(folder)], capture_output=True)
 
 
 # -- unsafe pidfiles, through the command ---------------------------------------------

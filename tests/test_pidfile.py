@@ -28,11 +28,9 @@ import inspect
 import json
 import os
 import select
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -845,17 +843,6 @@ def test_a_file_with_two_hard_links_is_refused(tmp_path: Path) -> None:
     refused(linked, "2 hard links")
     assert original.read_text() == "1\n"
     assert linked.stat().st_nlink == 2
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory other users can reach (tmp_path's parents are root-only)."""
-    folder = Path(tempfile.mkdtemp(prefix="daemonkit-pidfile-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_directory_writable_by_others_needs_the_sticky_bit(

@@ -20,11 +20,9 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,19 +248,8 @@ with daemonkit.DaemonContext(pidfile=daemonkit.PIDFile(PATH), uid="nobody"):
 )
 
 
-@pytest.fixture
-def public_dir() -> Iterator[Path]:
-    """A directory other users can reach and write in (tmp_path's parents are root-only)."""
-    folder = Path(tempfile.mkdtemp(prefix="daemonkit-pidfile-"))
-    folder.chmod(0o1777)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def start_as_nobody(daemons: Daemons, public_dir: Path, path: Path) -> tuple[GuardRun, int]:
-    out = public_dir / "report.json"
+def start_as_nobody(daemons: Daemons, open_dir: Path, path: Path) -> tuple[GuardRun, int]:
+    out = open_dir / "report.json"
     run, _ = guarded(daemons, AS_NOBODY, str(path), str(out))
     data = daemons.read_report(out)
     user = nobody()
@@ -278,7 +265,7 @@ def start_as_nobody(daemons: Daemons, public_dir: Path, path: Path) -> tuple[Gua
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing the user needs root")
 @pytest.mark.parametrize("directory_owner", ["root", "nobody"])
 def test_a_daemon_that_dropped_privileges_still_cleans_up_its_pidfile(
-    daemons: Daemons, public_dir: Path, directory_owner: str
+    daemons: Daemons, open_dir: Path, directory_owner: str
 ) -> None:
     """Removed if the daemon's user may (its own directory), else emptied.
 
@@ -286,12 +273,12 @@ def test_a_daemon_that_dropped_privileges_still_cleans_up_its_pidfile(
     file: it empties it through the descriptor it kept, so the file is left
     empty and unlocked, which status() reports as stale with no pid.
     """
-    folder = public_dir / "run"
+    folder = open_dir / "run"
     folder.mkdir(mode=0o755)
     if directory_owner == "nobody":
         os.chown(folder, nobody().pw_uid, nobody().pw_gid)
     path = folder / "d.pid"
-    run, pid = start_as_nobody(daemons, public_dir, path)
+    run, pid = start_as_nobody(daemons, open_dir, path)
     os.kill(pid, signal.SIGTERM)
     assert exit_code(run, pid) == 0
     if directory_owner == "nobody":
@@ -303,12 +290,12 @@ def test_a_daemon_that_dropped_privileges_still_cleans_up_its_pidfile(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing the user needs root")
 def test_a_pidfile_the_daemon_can_no_longer_reach_is_still_emptied(
-    daemons: Daemons, public_dir: Path
+    daemons: Daemons, open_dir: Path
 ) -> None:
-    folder = public_dir / "private"
+    folder = open_dir / "private"
     folder.mkdir(mode=0o700)  # root's: nobody cannot even look inside
     path = folder / "d.pid"
-    run, pid = start_as_nobody(daemons, public_dir, path)
+    run, pid = start_as_nobody(daemons, open_dir, path)
     os.kill(pid, signal.SIGTERM)
     assert exit_code(run, pid) == 0
     assert status(path).pid is None, path.read_text()
