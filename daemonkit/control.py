@@ -202,6 +202,12 @@ def stop(
     else:
         steps = [(resolve_signal(_number(sig), "signal"), check_wait(timeout, "timeout"))]
     found, pidfd = _open_holder(path)
+    settle_until = time.monotonic() + steps[0][1]
+    while found.state == PIDStatus.STARTING and time.monotonic() < settle_until:
+        # Locked with no pid: a start not yet written, or a stop removing the
+        # file. Wait for either to finish (up to the first wait), then act.
+        time.sleep(0.01)
+        found, pidfd = _open_holder(path)
     if pidfd is None or found.pid is None:
         result = StopResult(None, was_running=False)
         if found.state == PIDStatus.STALE and not found.reason:

@@ -213,17 +213,19 @@ class PIDFile:
             raise NotLocked(f"{self.path} is not locked")
         fd = self._fd
         assert fd is not None
-        try:
-            # Through the descriptor first: it works after chroot or a
-            # privilege drop, and a reader never sees our pid unlocked.
-            os.ftruncate(fd, 0)
-        except OSError:
-            pass
+        # Unlink first, so that a reader who opened the file before sees it
+        # gone rather than locked and empty (which reads as "starting"). Then
+        # empty it through the descriptor (which works after chroot or a
+        # privilege drop), so a reader never sees our pid unlocked.
         if self._same_file(fd):
             try:
                 os.unlink(self.path)
             except OSError:
                 pass  # no right to remove it: the empty, unlocked file is stale
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
         self._forget()
 
     def is_locked(self) -> bool:

@@ -605,3 +605,39 @@ def test_status_during_start_and_stop_never_names_a_pid_without_the_lock(
     running = [pid for _, _, state, pid in answers if state == "running"]
     assert set(running) <= {pid for pid, _, _ in lives}
     assert not [pid for pid, _, _ in lives if is_alive(pid)]
+
+
+# Takes the pidfile's lock without writing a pid (as a stop removing a stale
+# file does, or a start before its daemon writes), says "locked", holds it for
+# SECONDS, then removes the file. argv: PIDFILE SECONDS
+LOCK_EMPTY_FOR = """\
+import sys, time
+from daemonkit import PIDFile
+lock = PIDFile(sys.argv[1])
+lock.lock(0)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+lock.release()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_stop_waits_out_a_lock_held_without_a_pid(daemons: Daemons, tmp_path: Path) -> None:
+    """A pidfile locked with no pid yet is "starting" only for an instant: stop
+    waits for it to resolve instead of failing (the CI failure of stop 13,
+    where a second ``stop`` met the first one's removal of the stale file).
+    """
+    path = tmp_path / "d.pid"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_EMPTY_FOR, str(path), "0.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    daemons.track(holder.pid)
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "locked\n"
+    assert control.status(path).state == PIDStatus.STARTING
+    code, err = finish(popen_dk(daemons, "stop", "--pidfile", path, cwd=tmp_path))
+    assert holder.wait(timeout=10) == 0
+    assert (code, err) == (0, "daemonkit: not running\n")
+    assert not path.exists()
