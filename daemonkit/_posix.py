@@ -406,3 +406,185 @@ def detach_decision() -> tuple[bool, str]:
 def platform_supported() -> bool:
     """daemonkit needs fork and setsid: any POSIX system."""
     return sys.platform != "win32" and hasattr(os, "fork")
+
+
+# -- supervision --------------------------------------------------------------------
+
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+_LIBC: list[Any] = []
+
+
+def load_libc() -> None:
+    """Load what ``prctl`` needs now (before a chroot hides the modules)."""
+    if not _LIBC and sys.platform.startswith("linux"):
+        import ctypes
+
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+
+
+def _prctl(option: int, value: int | bytes) -> bool:
+    """Linux ``prctl(option, value)``; False where it is not available."""
+    load_libc()
+    return bool(_LIBC) and int(_LIBC[0].prctl(option, value, 0, 0, 0)) == 0
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so they can be reaped.
+
+    PID 1 adopts them anyway; elsewhere this is what lets a supervisor reap
+    the grandchildren a program leaves behind.
+    """
+    return os.getpid() == 1 or _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_process_name(name: str) -> None:
+    """Name this process in ``/proc/PID/comm`` (what ``ps`` and ``top`` show)."""
+    _prctl(PR_SET_NAME, name.encode()[:15])
+
+
+def process_name(pid: int) -> str | None:
+    """The name in ``/proc/PID/comm``, or None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as comm:
+            return comm.read().decode(errors="replace").rstrip("\n")
+    except OSError:
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    """The live children of ``pid`` (``/proc/PID/task/*/children``)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as listing:
+                found.extend(int(word) for word in listing.read().split())
+        except (OSError, ValueError):
+            continue
+    return sorted(set(found))
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` (``/proc/PID/stat``), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            text = stat_file.read()
+    except OSError:
+        return None
+    fields = text[text.rfind(b")") + 2 :].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """True if ``pid`` is ``ancestor`` or one of its descendants (now)."""
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        parent = parent_of(pid)
+        if parent is None or parent <= 1:
+            return False
+        pid = parent
+    return False
+
+
+def spawn(in_child: Any, *, new_group: bool, execs: bool) -> int:
+    """Fork a child that runs ``in_child()``: it execs (``execs``), or returns an exit status.
+
+    The child starts with every signal blocked (no handler of ours runs in
+    it; ``in_child`` sets its own mask), with ``SIGKILL`` due if this
+    process dies (PR_SET_PDEATHSIG: a supervisor killed by ``kill -9``
+    leaves nothing running), and with ``new_group`` in its own process
+    group, made the terminal's foreground group if ours was. An OSError in
+    ``in_child`` (a failed exec) is raised here, with the child reaped.
+    """
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):  # or the child writes them again
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    previous = block_signals(signal.valid_signals())
+    errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(errors_r)
+        os.close(errors_w)
+        set_signal_mask(previous)
+        raise
+    if pid == 0:  # the child: from here on, leave only by exec or _exit
+        code = 127
+        try:
+            os.close(errors_r)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(code)  # the supervisor died before the line above
+            if new_group:
+                os.setpgid(0, 0)
+                _take_terminal(os.getpid())
+            if not execs:  # the pipe closes at exec; a function has no exec to wait for
+                os.close(errors_w)
+            code = int(in_child())
+        except OSError as exc:
+            code = 127 if execs else 1
+            try:
+                os.write(errors_w, str(exc.errno or errno.EIO).encode())
+            except OSError:
+                pass  # closed already (a function's own error): just the status
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(errors_w)
+    if new_group:
+        try:
+            os.setpgid(pid, pid)  # also here, so a signal sent at once finds the group
+        except OSError:
+            pass  # it did so itself, and has exec'd
+    set_signal_mask(previous)
+    try:
+        report = b""
+        while chunk := os.read(errors_r, 64):
+            report += chunk
+    finally:
+        os.close(errors_r)
+    if report:
+        wait_child(pid)
+        number = int(report)
+        raise OSError(number, os.strerror(number))
+    return pid
+
+
+def _take_terminal(group: int) -> None:
+    """Make ``group`` the foreground group of our terminal, if we had it (SIGTTOU is blocked)."""
+    try:
+        if os.isatty(0) and os.tcgetpgrp(0) == os.getpgid(os.getppid()):
+            os.tcsetpgrp(0, group)
+    except OSError:
+        pass
+
+
+def restore_terminal() -> None:
+    """Take the terminal's foreground back after a child that had it exited."""
+    import signal
+
+    try:
+        if not os.isatty(0):
+            return
+    except OSError:
+        return
+    previous = block_signals({signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(0, os.getpgrp())
+    except OSError:
+        pass
+    finally:
+        set_signal_mask(previous)

@@ -90,16 +90,27 @@ class Daemon:
             options["signal_map"] = signal_map
         return DaemonContext(pidfile=PIDFile(self.pidfile), detach_process=detach, **options)
 
-    def _serve(self, detach: bool) -> int:
+    def _serve(self, detach: bool, supervision: dict[str, Any] | None = None) -> int:
+        """Enter the context and run ``@main``; with ``supervision`` (Supervisor
+        keywords), run it in a child that is restarted as they say."""
         if self._main is None:
             raise ConfigurationError(f"{self.name}: no @main function was registered")
+        supervisor = None
+        if supervision is not None:
+            from .supervise import Supervisor
+
+            supervisor = Supervisor(self._main, name=self.name, **supervision)
         context = self.context(detach)
+        if supervisor is not None and "wait_ready" not in self.context_options:
+            context.wait_ready = True  # ready once @main survived its first moments
         try:
             context.open()
         except AlreadyRunningError as exc:
             print(f"{self.name}: already running: {exc}", file=sys.stderr)
             return 0
         with context:
+            if supervisor is not None:
+                return int(supervisor.run())
             self._main()
         return 0
 
@@ -112,11 +123,18 @@ class Daemon:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub = parser.add_subparsers(dest="action", required=True, metavar="COMMAND")
-        sub.add_parser("start", help="start as a daemon; return once it is ready")
-        sub.add_parser("run", help="run in the foreground (systemd, containers)")
+        from .cli import add_supervision_options
+
+        for name, text in (
+            ("start", "start as a daemon; return once it is ready"),
+            ("run", "run in the foreground (systemd, containers)"),
+        ):
+            add_supervision_options(sub.add_parser(name, help=text))
         for name, text in (("stop", "stop the daemon"), ("restart", "stop, then start")):
             command = sub.add_parser(name, help=text)
             command.add_argument("--retry", default="TERM/30/KILL/5", help="stop schedule")
+            if name == "restart":
+                add_supervision_options(command)
         status = sub.add_parser("status", help="is it running? (LSB exit codes)")
         status.add_argument("--json", action="store_true")
         reload = sub.add_parser("reload", help="send SIGHUP")
@@ -127,14 +145,23 @@ class Daemon:
         """Run one subcommand; return its exit status (``cli`` exits with it)."""
         args = self._parser().parse_args(argv)
         try:
+            options = None
+            if args.action in ("start", "run", "restart"):
+                from .cli import _Misconfigured, supervision_options
+
+                try:
+                    options = supervision_options(args, args.action != "run")
+                except _Misconfigured as exc:
+                    print(f"{self.name}: {exc}", file=sys.stderr)
+                    return 6
             if args.action in ("start", "run"):
-                return self._serve(detach=args.action == "start")
+                return self._serve(args.action == "start", options)
             if args.action in ("stop", "restart"):
                 result = control.stop(self.pidfile, retry=args.retry)
                 print(f"{self.name}: {result.message}", file=sys.stderr)
                 if args.action == "stop" or not result.stopped:
                     return result.code
-                return self._serve(detach=True)
+                return self._serve(True, options)
             if args.action == "status":
                 found = control.status(self.pidfile)
                 print(json.dumps(found.as_dict()) if args.json else found.describe())

@@ -49,6 +49,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _backoff(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition("..")
+    try:
+        bounds = (float(low), float(high)) if sep else (float(low), float(low))
+    except ValueError:
+        bounds = (-1.0, -1.0)
+    if not (0 <= bounds[0] <= bounds[1] < float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not LOW..HIGH seconds with 0 <= LOW <= HIGH (such as 0.1..30)"
+        )
+    return bounds
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
 def _env(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -78,7 +97,55 @@ def _add_start_options(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=_seconds, default=None, help="seconds to wait for readiness (default 90)"
     )
     parser.add_argument("--name", help="name used in messages (default: the command)")
+    add_supervision_options(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+
+
+def add_supervision_options(parser: argparse.ArgumentParser) -> None:
+    """``--respawn``, ``--backoff``, ``--max-restarts``, ``--within``, ``--init``, ``-g``."""
+    supervision = parser.add_argument_group(
+        "supervision", "keep CMD running under a supervisor process (PID 1 duty with --init)"
+    )
+    supervision.add_argument(
+        "--respawn",
+        nargs="?",
+        const="on-failure",
+        default="no",
+        choices=("no", "on-failure", "always"),
+        help="restart CMD when it exits: on-failure (the default when given) or always",
+    )
+    supervision.add_argument(
+        "--backoff",
+        type=_backoff,
+        default=None,
+        metavar="LOW..HIGH",
+        help="restart delay in seconds, doubling after each failed run (default 0.1..30)",
+    )
+    supervision.add_argument(
+        "--max-restarts",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="give up after more than N restarts within --within seconds",
+    )
+    supervision.add_argument(
+        "--within",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="the start-limit window; a run this long also resets the backoff (default 10)",
+    )
+    supervision.add_argument(
+        "--init",
+        action="store_true",
+        help="act as init: reap orphaned zombies, forward signals (automatic as PID 1)",
+    )
+    supervision.add_argument(
+        "-g",
+        "--process-group",
+        action="store_true",
+        help="put CMD in its own process group and forward signals to the whole group",
+    )
 
 
 def _command(args: argparse.Namespace) -> list[str]:
@@ -159,8 +226,64 @@ def _program(args: argparse.Namespace) -> tuple[list[str], str, dict[str, str]] 
     return command, executable, environment
 
 
+def _supervisor(
+    args: argparse.Namespace, detach: bool, command: list[str], executable: str, env: dict[str, str]
+) -> Any:
+    """The Supervisor ``run``/``start`` use instead of exec, or None to exec.
+
+    ``run`` supervises with ``--respawn`` or ``--init``, and always as PID 1
+    (a plain program there would neither reap orphans nor get signals it
+    does not handle); ``start`` with ``--respawn`` or ``--init``.
+    """
+    options = supervision_options(args, detach)
+    if options is None:
+        return None
+    from .supervise import Supervisor
+
+    return Supervisor(
+        command,
+        notify=args.notify,
+        ready_timeout=args.timeout if args.timeout is not None else 90.0,
+        env=env,
+        executable=executable,
+        name=args.name or os.path.basename(command[0]),
+        **options,
+    )
+
+
+def supervision_options(args: argparse.Namespace, detach: bool) -> dict[str, Any] | None:
+    """Supervisor keywords from :func:`add_supervision_options`' arguments;
+    None if nothing is to be supervised (raises ``_Misconfigured`` for options
+    that need ``--respawn``)."""
+    supervising = args.respawn != "no" or args.init or (not detach and os.getpid() == 1)
+    if not supervising:
+        for option, value in (
+            ("--backoff", args.backoff),
+            ("--max-restarts", args.max_restarts),
+            ("--within", args.within),
+        ):
+            if value is not None:
+                raise _Misconfigured(f"{option} needs --respawn")
+        if args.process_group:
+            raise _Misconfigured("--process-group needs --respawn or --init")
+        return None
+    return {
+        "respawn": args.respawn,
+        "backoff": args.backoff or (0.1, 30.0),
+        "max_restarts": args.max_restarts,
+        "within": args.within if args.within is not None else 10.0,
+        "init": True if args.init else None,
+        "process_group": args.process_group,
+    }
+
+
+class _Misconfigured(Exception):
+    """A combination of options that cannot work (exit 6)."""
+
+
 def _launch(args: argparse.Namespace, detach: bool) -> int:
-    """``start`` and ``run``: set the process up through DaemonContext, then exec."""
+    """``start`` and ``run``: set the process up through DaemonContext, then exec
+    (or, supervising, run CMD under a :class:`~daemonkit.supervise.Supervisor`)."""
     from ._activation import handed_down_environment
     from .errors import AlreadyRunningError, ConfigurationError, DaemonError
 
@@ -168,7 +291,14 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
     if isinstance(found, int):
         return found
     command, executable, environment = found
+    try:
+        supervisor = _supervisor(args, detach, command, executable, environment)
+    except (_Misconfigured, ConfigurationError) as exc:
+        _say(args, str(exc))
+        return LSB_NOT_CONFIGURED
     context = _context(args, detach)
+    if supervisor is not None:
+        return _supervise(args, detach, context, supervisor)
     receiver = None
     if args.notify and detach:
         from .notify import NotifySocketReceiver, pidfile_notify_name
@@ -212,6 +342,33 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
         readiness.report_text(message)
         os._exit(127)
     return 1  # not reached
+
+
+def _supervise(args: argparse.Namespace, detach: bool, context: Any, supervisor: Any) -> int:
+    """Enter the context, then supervise CMD in this process (the daemon, for start)."""
+    from .errors import AlreadyRunningError, ConfigurationError, DaemonError
+
+    try:
+        context.open()
+    except AlreadyRunningError as exc:
+        _say(args, f"already running: {exc}")
+        return 0
+    except ConfigurationError as exc:
+        _say(args, str(exc))
+        return LSB_NOT_CONFIGURED
+    except DaemonError as exc:
+        _say(args, str(exc))
+        return 1
+    if detach:  # what the supervisor relays goes where ``reload --notify`` listens
+        os.environ.pop("NOTIFY_SOCKET", None)
+        if args.notify and args.pidfile:
+            from .notify import pidfile_notify_name
+
+            os.environ["NOTIFY_SOCKET"] = "@" + pidfile_notify_name(args.pidfile)
+    try:
+        return int(supervisor.run())
+    finally:
+        context.close()
 
 
 def _stop(args: argparse.Namespace) -> int:

@@ -62,6 +62,13 @@ class ControlStatus:
         self.pid = found.pid
         self.reason = found.reason
         self.uptime = _uptime(found.pid) if found.running and found.pid else None
+        self.supervised: list[int] | None = None  # a supervisor's program, if it is one
+        if found.state == PIDStatus.RUNNING and found.pid:
+            from . import _posix
+            from .supervise import PROCESS_NAME
+
+            if _posix.process_name(found.pid) == PROCESS_NAME:
+                self.supervised = _posix.children_of(found.pid)
         self.code = {
             PIDStatus.RUNNING: LSB_RUNNING,
             PIDStatus.STARTING: LSB_RUNNING,
@@ -77,7 +84,12 @@ class ControlStatus:
         """One line for people."""
         if self.state == PIDStatus.RUNNING:
             up = f", up {_human(self.uptime)}" if self.uptime is not None else ""
-            return f"running (pid {self.pid}{up})"
+            if self.supervised is None:
+                return f"running (pid {self.pid}{up})"
+            if not self.supervised:
+                return f"running (supervisor pid {self.pid}{up}; its program is restarting)"
+            children = ", ".join(map(str, self.supervised))
+            return f"running (supervisor pid {self.pid}{up}; program pid {children})"
         if self.state == PIDStatus.STALE and self.reason:
             return f"dead: {self.reason}"
         return {
@@ -97,6 +109,8 @@ class ControlStatus:
             "state": self.state,
             "pid": self.pid,
             "uptime": self.uptime,
+            "supervisor": self.supervised is not None,
+            "program_pids": self.supervised,
             "code": self.code,
             "description": self.describe(),
         }

@@ -242,7 +242,6 @@ class NotifySocketReceiver:
             return []
         if self._pidfd is not None:
             poller.register(self._pidfd, select.POLLIN)
-        creds_size = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -252,16 +251,32 @@ class NotifySocketReceiver:
                 continue
             if self._sock.fileno() not in ready:  # the watched process exited
                 return []
-            data, ancillary, _, _ = self._sock.recvmsg(
-                65536, creds_size + socket.CMSG_SPACE(253 * 4)
-            )
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    self.senders.append(int.from_bytes(payload[:4], sys.byteorder))
-                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    for index in range(0, len(payload) - len(payload) % 4, 4):
-                        os.close(int.from_bytes(payload[index : index + 4], sys.byteorder))
-            return [data.decode("utf-8", "replace")]
+            return [self._receive_one()[1]]
+
+    def receive_nowait(self) -> list[tuple[int | None, str]]:
+        """Every message queued now, each with its sender's pid (None if unknown)."""
+        found: list[tuple[int | None, str]] = []
+        while True:
+            try:
+                found.append(self._receive_one(socket.MSG_DONTWAIT))
+            except (BlockingIOError, InterruptedError):
+                return found
+
+    def _receive_one(self, flags: int = 0) -> tuple[int | None, str]:
+        """One datagram and its sender; descriptors sent along are closed."""
+        creds_size = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
+        data, ancillary, _, _ = self._sock.recvmsg(
+            65536, creds_size + socket.CMSG_SPACE(253 * 4), flags
+        )
+        sender = None
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                sender = int.from_bytes(payload[:4], sys.byteorder)
+                self.senders.append(sender)
+            elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                for index in range(0, len(payload) - len(payload) % 4, 4):
+                    os.close(int.from_bytes(payload[index : index + 4], sys.byteorder))
+        return sender, data.decode("utf-8", "replace")
 
     def close(self) -> None:
         self._sock.close()
