@@ -37,6 +37,7 @@ _EXPORTS = {
     "DaemonProcessDetachError": "errors",
     "StartupError": "errors",
     "AlreadyRunningError": "errors",
+    "Supervisor": "supervise",
 }
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "StartupError",
     "StopRequest",
     "StreamError",
+    "Supervisor",
     "ThreadsRunningError",
     "UnknownGroupError",
     "UnknownUserError",
@@ -90,6 +92,7 @@ if TYPE_CHECKING:
     )
     from .pidfile import PIDFile
     from .readiness import ready
+    from .supervise import Supervisor
 
 
 def __getattr__(name: str) -> object:
