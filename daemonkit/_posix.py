@@ -410,6 +410,7 @@ def platform_supported() -> bool:
 
 # -- supervision --------------------------------------------------------------------
 
+SUPERVISOR_NAME = "dk-supervise"  # a supervisor's /proc/PID/comm: how ``status`` knows one
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36

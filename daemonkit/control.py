@@ -64,10 +64,7 @@ class ControlStatus:
         self.uptime = _uptime(found.pid) if found.running and found.pid else None
         self.supervised: list[int] | None = None  # a supervisor's program, if it is one
         if found.state == PIDStatus.RUNNING and found.pid:
-            from . import _posix
-            from .supervise import PROCESS_NAME
-
-            if _posix.process_name(found.pid) == PROCESS_NAME:
+            if _posix.process_name(found.pid) == _posix.SUPERVISOR_NAME:
                 self.supervised = _posix.children_of(found.pid)
         self.code = {
             PIDStatus.RUNNING: LSB_RUNNING,

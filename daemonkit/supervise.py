@@ -67,7 +67,7 @@ FORWARDED: tuple[int, ...] = (
 )
 ENDING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 POLICIES = ("no", "on-failure", "always")
-PROCESS_NAME = "dk-supervise"  # /proc/PID/comm: how ``status`` knows a supervisor
+PROCESS_NAME = _posix.SUPERVISOR_NAME  # /proc/PID/comm: how ``status`` knows a supervisor
 RELAYED = ("READY=", "RELOADING=", "STOPPING=", "STATUS=", "ERRNO=", "MONOTONIC_USEC=")
 KILL_AFTER = 5.0  # a program not ready in time gets SIGTERM, then SIGKILL after this
 
