@@ -63,9 +63,9 @@ class ControlStatus:
         self.reason = found.reason
         self.uptime = _uptime(found.pid) if found.running and found.pid else None
         self.supervised: list[int] | None = None  # a supervisor's program, if it is one
-        if found.state == PIDStatus.RUNNING and found.pid:
-            if _posix.process_name(found.pid) == _posix.SUPERVISOR_NAME:
-                self.supervised = _posix.children_of(found.pid)
+        holder = found.pid if found.state == PIDStatus.RUNNING else None
+        if holder and _posix.process_name(holder) == _posix.SUPERVISOR_NAME:
+            self.supervised = _posix.children_of(holder)
         self.code = {
             PIDStatus.RUNNING: LSB_RUNNING,
             PIDStatus.STARTING: LSB_RUNNING,
