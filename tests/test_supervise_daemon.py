@@ -252,6 +252,62 @@ def test_stop_ends_the_supervisor_and_its_program(daemons: Daemons, tmp_path: Pa
     assert (status.returncode, status.stdout.strip()) == (3, "not running")
 
 
+def test_a_second_start_respawn_starts_nothing(daemons: Daemons, tmp_path: Path) -> None:
+    """``start --respawn`` while a supervised daemon holds the pidfile: LSB's
+    "already running" (exit 0), no second supervisor, no second program."""
+    pidfile = tmp_path / "d.pid"
+    supervisor, child = start_supervised(daemons, pidfile, *marker(907))
+    argv = marker(908)
+    again = dk(daemons, "start", "--respawn", "--pidfile", pidfile, "--", *argv)
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stderr
+    assert daemon_pid(daemons, pidfile) == supervisor
+    assert supervised(daemons, pidfile) == [child]
+    time.sleep(0.2)  # a program started in spite of it would be running by now
+    assert track_markers(daemons, argv) == []
+
+
+def test_status_and_stop_during_a_backoff_pause(daemons: Daemons, tmp_path: Path) -> None:
+    """Between a failed run and its restart (a 5 s backoff) the supervisor still
+    holds the pidfile: ``status`` says running, with no program ("its program is
+    restarting"); ``stop`` ends the pause at once, and nothing restarts."""
+    pidfile = tmp_path / "d.pid"
+    argv = ["sh", "-c", "sleep 1; exit 1", f"dk-backoff-{os.getpid()}"]
+    launch = dk(
+        daemons, "start", "--respawn", "--backoff", "5..5", "--pidfile", pidfile, "--", *argv
+    )
+    assert launch.returncode == 0, launch.stderr
+    supervisor = daemon_pid(daemons, pidfile)
+    (child,) = supervised(daemons, pidfile)
+    assert wait_gone(child, 5.0)
+    assert wait_until(lambda: control.status(pidfile).supervised == [], 5.0)
+    assert supervised(daemons, pidfile) == []
+    status = dk(daemons, "status", "--pidfile", pidfile)
+    assert status.returncode == 0
+    assert f"supervisor pid {supervisor}" in status.stdout
+    assert "its program is restarting" in status.stdout
+
+    stopped = dk(daemons, "stop", "--pidfile", pidfile)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.elapsed < 4, "stop waited for the backoff pause to end"
+    assert_all_gone(daemons, [supervisor], argv)
+    assert not pidfile.exists()
+
+
+def test_kill_9_of_the_supervisor_takes_its_program_along(daemons: Daemons, tmp_path: Path) -> None:
+    """The program gets PR_SET_PDEATHSIG=SIGKILL: a supervisor killed by
+    ``kill -9`` (no chance to forward anything) leaves no program running, and
+    the pidfile it could not remove is reported as stale."""
+    pidfile = tmp_path / "d.pid"
+    argv = marker(909)
+    supervisor, child = start_supervised(daemons, pidfile, *argv)
+    os.kill(supervisor, 9)
+    assert_all_gone(daemons, [supervisor, child], argv)
+    status = dk(daemons, "status", "--pidfile", pidfile)
+    assert status.returncode == 1, status.stdout
+    assert "dead" in status.stdout
+
+
 # --- 4-5: the first run decides what start says ---------------------------------------
 
 
@@ -585,6 +641,7 @@ def test_daemon_app_start_respawn_reload_kill_stop(daemons: Daemons, tmp_path: P
     second = next_program(daemons, pidfile, {child})
     assert wait_until(lambda: main_pids(runs) == [child, second], 10.0), main_pids(runs)
     assert daemon_pid(daemons, pidfile) == supervisor
+    assert re.findall(r"reloaded (\d+)", log.read_text()) == [str(child)], "a second reload"
 
     stopped = app("stop")
     assert stopped.returncode == 0, stopped.stderr
