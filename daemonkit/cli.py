@@ -285,7 +285,7 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
     """``start`` and ``run``: set the process up through DaemonContext, then exec
     (or, supervising, run CMD under a :class:`~daemonkit.supervise.Supervisor`)."""
     from ._activation import handed_down_environment
-    from .errors import AlreadyRunningError, ConfigurationError, DaemonError
+    from .errors import ConfigurationError
 
     found = _program(args)
     if isinstance(found, int):
@@ -308,17 +308,9 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
         environment.update(receiver.environment())
     context._exec_is_ready = True  # then, with --notify, READY=1 on the receiver
     context._notify_receiver = receiver
-    try:
-        context.open()  # the launcher does not come back: it exits with the verdict
-    except AlreadyRunningError as exc:
-        _say(args, f"already running: {exc}")
-        return 0
-    except ConfigurationError as exc:
-        _say(args, str(exc))
-        return LSB_NOT_CONFIGURED
-    except DaemonError as exc:
-        _say(args, str(exc))
-        return 1
+    failed = _open_context(args, context)  # the launcher does not come back: it exits
+    if failed is not None:
+        return failed
     lock_fd = None
     if context.pidfile is not None:
         lock_fd = context.pidfile.fileno()
@@ -344,8 +336,8 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
     return 1  # not reached
 
 
-def _supervise(args: argparse.Namespace, detach: bool, context: Any, supervisor: Any) -> int:
-    """Enter the context, then supervise CMD in this process (the daemon, for start)."""
+def _open_context(args: argparse.Namespace, context: Any) -> int | None:
+    """``context.open()``; the exit status if it failed (already running is 0)."""
     from .errors import AlreadyRunningError, ConfigurationError, DaemonError
 
     try:
@@ -359,6 +351,14 @@ def _supervise(args: argparse.Namespace, detach: bool, context: Any, supervisor:
     except DaemonError as exc:
         _say(args, str(exc))
         return 1
+    return None
+
+
+def _supervise(args: argparse.Namespace, detach: bool, context: Any, supervisor: Any) -> int:
+    """Enter the context, then supervise CMD in this process (the daemon, for start)."""
+    failed = _open_context(args, context)
+    if failed is not None:
+        return failed
     if detach:  # what the supervisor relays goes where ``reload --notify`` listens
         os.environ.pop("NOTIFY_SOCKET", None)
         if args.notify and args.pidfile:
