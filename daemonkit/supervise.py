@@ -354,6 +354,8 @@ class Supervisor:
         if ending is not None:
             return status_code
         late = f" (not ready after {self.ready_timeout:g} s)" if run.killed_for_timeout else ""
+        if run.killed_for_timeout and status_code == 0:
+            status_code = 1  # stopped for not being ready: a failure, however it exited
         if launcher_waits and not self._announced:
             self._fail_start(f"{self.name} {described} before it was ready{late}")
             return 1
