@@ -83,6 +83,9 @@ class Daemon:
     def context(self, detach: bool) -> DaemonContext:
         """The DaemonContext ``start`` (detach) and ``run`` (foreground) enter."""
         options = dict(self.context_options)
+        if not detach:  # in the foreground, output goes where ``run``'s caller sees it
+            options.setdefault("stdout", sys.stdout)
+            options.setdefault("stderr", sys.stderr)
         if self._reload is not None:
             handler = self._reload
             signal_map = dict(options.pop("signal_map", None) or default_signal_map())

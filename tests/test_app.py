@@ -123,3 +123,42 @@ def test_a_program_without_main_is_a_clear_error(daemons: Daemons, tmp_path: Pat
     launch = daemons.run([sys.executable, str(script)])
     assert launch.returncode == 6
     assert "no @main function" in launch.stderr
+
+
+FOREGROUND_APP = """
+import sys
+import daemonkit
+
+app = daemonkit.Daemon("fg", pidfile=sys.argv[1])
+
+@app.main
+def serve():
+    print("to stdout", flush=True)
+    print("to stderr", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+app.cli(sys.argv[2:])
+"""
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("argv", [["run"], ["run", "--respawn", "--max-restarts", "0"]])
+def test_run_in_the_foreground_keeps_the_callers_output(tmp_path: Path, argv: list[str]) -> None:
+    """``app.py run`` (as ``daemonkit run`` does) leaves stdout/stderr where the
+    caller sees them when the app gives none: a container's log, a terminal.
+    Supervised, the supervisor's own words ("giving up") show there too."""
+    script = tmp_path / "fg.py"
+    script.write_text(FOREGROUND_APP)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "fg.pid"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
+    assert "to stdout" in done.stdout
+    assert "to stderr" in done.stderr
+    if "--respawn" in argv:
+        assert "giving up" in done.stderr
+        assert done.returncode == 3
+    assert not (tmp_path / "fg.pid").exists()
