@@ -414,6 +414,7 @@ SUPERVISOR_NAME = "dk-supervise"  # a supervisor's /proc/PID/comm: how ``status`
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 
 
 _LIBC: list[Any] = []
@@ -433,13 +434,37 @@ def _prctl(option: int, value: int | bytes) -> bool:
     return bool(_LIBC) and int(_LIBC[0].prctl(option, value, 0, 0, 0)) == 0
 
 
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so they can be reaped.
-
-    PID 1 adopts them anyway; elsewhere this is what lets a supervisor reap
-    the grandchildren a program leaves behind.
+def set_subreaper(on: bool) -> bool:
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so they can be reaped;
+    ``on=False`` gives the duty back. PID 1 adopts them anyway. True if it worked.
     """
-    return os.getpid() == 1 or _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if os.getpid() == 1:
+        return on
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
+
+
+def is_subreaper() -> bool:
+    """True if this process adopts orphans (PID 1, or PR_GET_CHILD_SUBREAPER)."""
+    if os.getpid() == 1:
+        return True
+    load_libc()
+    if not _LIBC:
+        return False
+    import ctypes
+
+    flag = ctypes.c_int(0)
+    if int(_LIBC[0].prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)) != 0:
+        return False
+    return flag.value != 0
+
+
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL child ``pid`` and collect it (nothing of it may stay behind)."""
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+    wait_child(pid)
 
 
 def set_process_name(name: str) -> None:
@@ -470,6 +495,24 @@ def children_of(pid: int) -> list[int]:
         except (OSError, ValueError):
             continue
     return sorted(set(found))
+
+
+def supervised_programs(supervisor: int) -> list[int]:
+    """The programs a supervisor runs, told from the orphans it adopted: each
+    was given ``DAEMONKIT_DAEMON_PID`` naming itself (its descendants inherit
+    the variable, naming their ancestor). All children where environments
+    cannot be read (another user's processes)."""
+    children = children_of(supervisor)
+    programs = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/environ", "rb") as environ:
+                variables = environ.read().split(b"\0")
+        except OSError:
+            return children
+        if f"DAEMONKIT_DAEMON_PID={child}".encode() in variables:
+            programs.append(child)
+    return programs or children
 
 
 def parent_of(pid: int) -> int | None:

@@ -244,6 +244,7 @@ def _supervisor(
         command,
         notify=args.notify,
         ready_timeout=args.timeout if args.timeout is not None else 90.0,
+        grace=min(0.2, args.timeout / 2) if args.timeout else 0.2,
         env=env,
         executable=executable,
         name=args.name or os.path.basename(command[0]),
@@ -291,6 +292,8 @@ def _launch(args: argparse.Namespace, detach: bool) -> int:
     if isinstance(found, int):
         return found
     command, executable, environment = found
+    if args.pidfile:  # the daemon works in --chdir: a relative path would change meaning
+        args.pidfile = os.path.abspath(args.pidfile)
     try:
         supervisor = _supervisor(args, detach, command, executable, environment)
     except (_Misconfigured, ConfigurationError) as exc:

@@ -65,7 +65,7 @@ class ControlStatus:
         self.supervised: list[int] | None = None  # a supervisor's program, if it is one
         holder = found.pid if found.state == PIDStatus.RUNNING else None
         if holder and _posix.process_name(holder) == _posix.SUPERVISOR_NAME:
-            self.supervised = _posix.children_of(holder)
+            self.supervised = _posix.supervised_programs(holder)
         self.code = {
             PIDStatus.RUNNING: LSB_RUNNING,
             PIDStatus.STARTING: LSB_RUNNING,

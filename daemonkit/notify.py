@@ -251,7 +251,10 @@ class NotifySocketReceiver:
                 continue
             if self._sock.fileno() not in ready:  # the watched process exited
                 return []
-            return [self._receive_one()[1]]
+            sender, text = self._receive_one()
+            if sender is not None:
+                self.senders.append(sender)
+            return [text]
 
     def receive_nowait(self) -> list[tuple[int | None, str]]:
         """Every message queued now, each with its sender's pid (None if unknown)."""
@@ -272,7 +275,6 @@ class NotifySocketReceiver:
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 sender = int.from_bytes(payload[:4], sys.byteorder)
-                self.senders.append(sender)
             elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 for index in range(0, len(payload) - len(payload) % 4, 4):
                     os.close(int.from_bytes(payload[index : index + 4], sys.byteorder))

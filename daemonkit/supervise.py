@@ -40,6 +40,7 @@ import math
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -68,7 +69,18 @@ FORWARDED: tuple[int, ...] = (
 ENDING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 POLICIES = ("no", "on-failure", "always")
 PROCESS_NAME = _posix.SUPERVISOR_NAME  # /proc/PID/comm: how ``status`` knows a supervisor
-RELAYED = ("READY=", "RELOADING=", "STOPPING=", "STATUS=", "ERRNO=", "MONOTONIC_USEC=")
+# What the program says that its supervisor passes on to its own service
+# manager. Not STOPPING=1: the program stopping is not the service stopping
+# (the supervisor says STOPPING=1 itself when it is told to stop).
+RELAYED = (
+    "READY=",
+    "RELOADING=",
+    "STATUS=",
+    "ERRNO=",
+    "MONOTONIC_USEC=",
+    "WATCHDOG=",
+    "EXTEND_TIMEOUT_USEC=",
+)
 KILL_AFTER = 5.0  # a program not ready in time gets SIGTERM, then SIGKILL after this
 
 
@@ -89,6 +101,20 @@ def _check_seconds(value: object, what: str, allow_zero: bool = True) -> float:
             f"{what} must be a finite number of seconds {bound}, not {value!r}"
         )
     return seconds
+
+
+def _check_strings(command: Sequence[str], env: Mapping[str, str] | None) -> None:
+    """Refuse now what exec would refuse in the child, where no one would hear why."""
+    for word in command:
+        if "\0" in word:
+            raise ConfigurationError(f"Supervisor: the command word {word!r} contains a NUL byte")
+    for key, value in (env or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigurationError(
+                f"Supervisor: env must map strings to strings, not {key!r}: {value!r}"
+            )
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ConfigurationError(f"Supervisor: {key!r}={value!r} is not a valid variable")
 
 
 class _Run:
@@ -178,30 +204,56 @@ class Supervisor:
         self.executable = executable
         self.name = name or default_name
         self._say = say
-        _posix.load_libc()  # now: after a chroot, ctypes could not be imported
-        if self.notify:
-            from . import notify as _notify_module  # noqa: F401  (likewise)
+        _check_strings(self.command or [], self.env)
+        # Now, not when first needed: after a chroot they could not be imported.
+        _posix.load_libc()
+        from . import notify as _notify_module  # noqa: F401
+
         self.child: int | None = None  # the program's pid while it runs
         self.starts = 0
         self._pending: list[int] = []
-        self._wake = -1
+        self._wake = (-1, -1)
         self._receiver: Any = None
-        self._upstream = True  # relay to $NOTIFY_SOCKET / the launcher until that fails
         self._announced = False
+        self._own_name: str | None = None
+        self._handed_down: dict[str, str] = {}  # variables naming the program's own pid
 
     # -- what the program sees -----------------------------------------------------
+
+    def _handed_down_variables(self) -> dict[str, str]:
+        """Variables that name this process and must name the program instead
+        (decided here, in the supervisor: in the child its pid has changed)."""
+        names = []
+        if activated_count():  # sockets systemd passed to us are the program's now
+            names.append("LISTEN_PID")
+        if os.environ.get("WATCHDOG_PID") == str(os.getpid()):  # its pings are relayed
+            names.append("WATCHDOG_PID")
+        return dict.fromkeys(names, "")
+
+    def _child_variables(self) -> dict[str, str]:
+        """In the child: what to set in the program's environment."""
+        variables = {name: str(os.getpid()) for name in self._handed_down}
+        if self._receiver is not None:
+            variables.update(self._receiver.environment())
+        return variables
 
     def _environment(self) -> dict[str, str]:
         """The program's environment, built in the child (it names the child's pid)."""
         environment = dict(self.env if self.env is not None else os.environ)
         environment.pop("NOTIFY_SOCKET", None)
-        if self._receiver is not None:
-            environment.update(self._receiver.environment())
-        if activated_count():  # sockets systemd passed to us are the program's now
-            environment["LISTEN_PID"] = str(os.getpid())
+        environment.update(self._child_variables())
         # A program that uses DaemonContext must stay in the foreground here.
         environment.update(handed_down_environment(os.getpid(), None))
         return environment
+
+    def _leave_supervisor_state(self) -> None:
+        """In a child: drop what is the supervisor's (its name, its descriptors)."""
+        if self._own_name:
+            _posix.set_process_name(self._own_name)
+        for fd in self._wake:
+            os.close(fd)
+        if self._receiver is not None:
+            os.close(self._receiver.fileno())  # the address stays bound in the supervisor
 
     def _executable(self) -> str:
         assert self.command is not None
@@ -225,9 +277,9 @@ class Supervisor:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
             _posix.set_wakeup_fd(wakeup)
+            self._leave_supervisor_state()
             os.environ.pop("NOTIFY_SOCKET", None)
-            if self._receiver is not None:
-                os.environ.update(self._receiver.environment())
+            os.environ.update(self._child_variables())
             _posix.set_signal_mask(())
             try:
                 result = function()
@@ -265,34 +317,41 @@ class Supervisor:
         if threading.current_thread() is not threading.main_thread():
             raise ConfigurationError("Supervisor.run() must be called from the main thread")
         init = self.init if self.init is not None else os.getpid() == 1
-        if init and not _posix.become_subreaper():
+        was_subreaper = _posix.is_subreaper()
+        if init and not was_subreaper and not _posix.set_subreaper(True):
             self.say("warning: cannot become a subreaper; orphans go to init")
         watched = (*FORWARDED, signal.SIGCHLD)
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         handlers = {signum: signal.getsignal(signum) for signum in watched}
-        wakeup = _posix.set_wakeup_fd(wake_w)
+        wakeup = _posix.set_wakeup_fd(self._wake[1])
         for signum in watched:
             signal.signal(signum, self._note)
         previous_mask = _posix.block_signals(())
         _posix.set_signal_mask(previous_mask - set(watched))
-        self._wake = wake_r
-        own_name = _posix.process_name(os.getpid())
+        self._own_name = _posix.process_name(os.getpid())
         _posix.set_process_name(PROCESS_NAME)  # how ``status`` tells a supervisor
-        if self.notify:
+        self._handed_down = self._handed_down_variables()
+        if self.notify or "WATCHDOG_PID" in self._handed_down:  # readiness, or watchdog pings
             from .notify import NotifySocketReceiver
 
             self._receiver = NotifySocketReceiver()
         try:
             return self._supervise(init, handlers, wakeup)
         finally:
-            if own_name:
-                _posix.set_process_name(own_name)
+            if self.child is not None:  # run() itself failed: leave nothing running
+                _posix.kill_and_reap(self.child)
+                self.child = None
+            if init and not was_subreaper:
+                _posix.set_subreaper(False)
+            if self._own_name:
+                _posix.set_process_name(self._own_name)
             _posix.set_wakeup_fd(wakeup)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
             _posix.set_signal_mask(previous_mask)
-            os.close(wake_r)
-            os.close(wake_w)
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = (-1, -1)
             if self._receiver is not None:
                 self._receiver.close()
                 self._receiver = None
@@ -320,14 +379,14 @@ class Supervisor:
                     f"giving up: {len(restarts)} restarts within {self.within:g} s "
                     f"(the limit is {self.max_restarts})"
                 )
-                self._relay_lines([f"STATUS=gave up after {len(restarts)} restarts"])
+                self._tell_manager([f"STATUS=gave up after {len(restarts)} restarts"])
                 return status_code if status_code != 0 else 1
             self.say(f"restarting in {delay:g} s")
-            self._relay_lines([f"STATUS=restarting in {delay:g} s"])
+            self._tell_manager([f"STATUS=restarting in {delay:g} s"])
             ending = self._pause(delay, init)
             if ending is not None:
                 return 128 + ending
-            delay = min(delay * 2, self.backoff[1]) if delay > 0 else self.backoff[0]
+            delay = min(delay * 2 if delay else 0.1, self.backoff[1])  # from 0: 0.1 s
 
     def _one_run(
         self, init: bool, handlers: dict[int, Any], wakeup: int, launcher_waits: bool
@@ -340,6 +399,8 @@ class Supervisor:
         except OSError as exc:
             what = self.command[0] if self.command else self.name
             message = f"cannot execute {what}: {exc.strerror}"
+            if had_terminal:
+                _posix.restore_terminal()  # the child may have taken it before exec failed
             if self.starts == 0:
                 self._fail_start(message)
                 return 127 if exc.errno == 2 else 126
@@ -386,6 +447,7 @@ class Supervisor:
 
         def child() -> int:
             _posix.set_wakeup_fd(-1)
+            self._leave_supervisor_state()
             for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
                 try:
                     signal.signal(signum, signal.SIG_DFL)
@@ -406,7 +468,7 @@ class Supervisor:
 
     def _wait(self, timeout: float | None) -> list[int]:
         """Sleep until a signal or a notify message (or ``timeout``); the signals."""
-        watched = [self._wake]
+        watched = [self._wake[0]]
         if self._receiver is not None:
             watched.append(self._receiver.fileno())
         if not self._pending:
@@ -414,8 +476,8 @@ class Supervisor:
                 select.select(watched, [], [], timeout)
             except InterruptedError:
                 pass
-        _posix.drain(self._wake)
-        arrived, self._pending[:] = list(self._pending), []
+        _posix.drain(self._wake[0])
+        arrived, self._pending = self._pending, []  # a handler running now appends to ``arrived``
         return arrived
 
     def _reap(self, init: bool, run: _Run | None) -> None:
@@ -452,6 +514,7 @@ class Supervisor:
         kill_at: float | None = None
         while True:
             self._reap(init, run)
+            self._hear(run, first)  # after reaping: a dying program's last words too
             if run.status is not None:
                 return ending
             now = time.monotonic()
@@ -468,7 +531,7 @@ class Supervisor:
                     self._forward(run, signal.SIGKILL)
                     kill_at = math.inf
             deadlines = [kill_at] if kill_at is not None else []
-            if not run.ready and kill_at is None:
+            if not run.ready and kill_at is None and not (self.notify and ending is not None):
                 deadlines.append(ready_until if self.notify else grace_until)
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             if timeout == math.inf:
@@ -479,16 +542,21 @@ class Supervisor:
                 self._forward(run, signum)
                 if signum in ENDING and ending is None:
                     ending = signum
-            if self._receiver is not None:
-                for sender, text in self._receiver.receive_nowait():
-                    if sender is None or not _posix.descends_from(sender, run.pid):
-                        continue
-                    lines = text.splitlines()
-                    if "READY=1" in lines and not run.ready:
-                        run.ready = True
-                        self._announce(first, [line for line in lines if line != "READY=1"])
-                    else:
-                        self._relay_lines(lines)
+                    self._tell_manager(["STOPPING=1"])
+
+    def _hear(self, run: _Run, first: bool) -> None:
+        """Read what the program (or its descendants) sent to its $NOTIFY_SOCKET."""
+        if self._receiver is None:
+            return
+        for sender, text in self._receiver.receive_nowait():
+            if sender is None or not _posix.descends_from(sender, run.pid):
+                continue
+            lines = text.splitlines()
+            if "READY=1" in lines and not run.ready:
+                run.ready = True
+                self._announce(first, [line for line in lines if line != "READY=1"])
+            else:
+                self._tell_manager([line for line in lines if line.startswith(RELAYED)])
 
     def _pause(self, seconds: float, init: bool) -> int | None:
         """Wait out a backoff delay; an ending signal cuts it short (returned)."""
@@ -511,24 +579,32 @@ class Supervisor:
     def _announce(self, first: bool, lines: Sequence[str] = ()) -> None:
         """The program is up (again): READY=1 upstream, and release a waiting launcher."""
         status = [line for line in lines if line.startswith("STATUS=")]
-        self._relay_lines(["READY=1", *[line for line in lines if line.startswith(RELAYED)]])
+        self._tell_manager(["READY=1", *[line for line in lines if line.startswith(RELAYED)]])
         if not self._announced:
             self._announced = True
             if first:
                 text = status[-1].partition("=")[2] if status else None
                 readiness.ready_launcher(text)
 
-    def _relay_lines(self, lines: Sequence[str]) -> None:
-        """Pass sd_notify lines on to this process's own service manager, if any."""
-        kept = [line for line in lines if line.startswith(RELAYED)]
-        if not kept or not self._upstream or not os.environ.get("NOTIFY_SOCKET"):
+    def _tell_manager(self, lines: Sequence[str]) -> None:
+        """Send sd_notify lines to this process's own service manager, if any.
+
+        Never blocking, never failing: a manager that does not read (or a
+        process squatting on the address) must not stall supervision, and
+        nobody listening (``reload --notify`` listens only while it runs) is
+        normal. What cannot be sent at once is dropped.
+        """
+        if not lines or not os.environ.get("NOTIFY_SOCKET"):
             return
-        from .notify import NotifyError, notify
+        from .notify import NotifyError, notify_socket_address
 
         try:
-            notify(*kept)
-        except NotifyError:
-            pass  # nobody listens there now (``reload --notify`` listens only while it runs)
+            address = notify_socket_address()
+            flags = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            with socket.socket(socket.AF_UNIX, flags) as sock:
+                sock.sendto("\n".join(lines).encode() + b"\n", address)  # type: ignore[arg-type]
+        except (OSError, NotifyError):
+            pass
 
     def _fail_start(self, message: str) -> None:
         """The first start failed: tell the waiting launcher (or stderr)."""
