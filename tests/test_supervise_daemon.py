@@ -31,13 +31,31 @@ import pytest
 from conftest import Daemons, Launch, is_alive, wait_gone, wait_until
 from test_cli import DAEMONKIT, NOTIFY, cmdline, daemon_pid, dk, last_launcher, stat_fields
 from test_races import marker, track_markers
+from test_validation import drop_to_nobody
 
 from daemonkit import control
 
 pytestmark = pytest.mark.timeout(30)
 
 NOBODY = 65534
-AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+# ``python -m daemonkit`` as nobody: the interpreter starts as root and drops
+# first (setpriv would not do: it may live where nobody cannot read it, as
+# pyenv's under /root does), with every module it will need already loaded.
+AS_NOBODY_DK_SCRIPT = """\
+import argparse, ctypes, gettext, hashlib, json, locale, os, select, shutil, socket, sys
+import threading
+import daemonkit.cli, daemonkit.control, daemonkit.notify, daemonkit.supervise
+daemonkit._posix.load_libc()
+daemonkit.cli.build_parser()  # argparse reads its translations now, as root
+{drop}
+sys.exit(daemonkit.cli.main(sys.argv[1:]))
+"""
+
+
+def as_nobody(*argv: str) -> list[str]:
+    """The command line running ``daemonkit ARGV`` as nobody, from the start."""
+    return [sys.executable, "-c", AS_NOBODY_DK_SCRIPT.format(drop=drop_to_nobody()), *argv]
+
 
 # Says READY=1 after a pause, then lives on (argv: seconds to wait first).
 SLOW_READY = (
@@ -459,7 +477,7 @@ def test_respawn_started_by_an_unprivileged_user(daemons: Daemons, open_dir: Pat
     argv = marker(905)
     launch = run_in(
         daemons,
-        [*AS_NOBODY, *DAEMONKIT, "start", "--respawn", "--pidfile", str(pidfile), "--", *argv],
+        as_nobody("start", "--respawn", "--pidfile", str(pidfile), "--", *argv),
         open_dir,
     )
     assert launch.returncode == 0, launch.stderr
@@ -469,12 +487,10 @@ def test_respawn_started_by_an_unprivileged_user(daemons: Daemons, open_dir: Pat
     assert uids(child) == [NOBODY] * 4
     assert Path(f"/proc/{supervisor}/comm").read_text() == "dk-supervise\n"
 
-    status = run_in(
-        daemons, [*AS_NOBODY, *DAEMONKIT, "status", "--pidfile", str(pidfile)], open_dir
-    )
+    status = run_in(daemons, as_nobody("status", "--pidfile", str(pidfile)), open_dir)
     assert status.returncode == 0, status.stderr
     assert f"program pid {child}" in status.stdout
-    stopped = run_in(daemons, [*AS_NOBODY, *DAEMONKIT, "stop", "--pidfile", str(pidfile)], open_dir)
+    stopped = run_in(daemons, as_nobody("stop", "--pidfile", str(pidfile)), open_dir)
     assert stopped.returncode == 0, stopped.stderr
     assert_all_gone(daemons, [supervisor, child], argv)
     assert not pidfile.exists()
