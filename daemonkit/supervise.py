@@ -26,8 +26,9 @@ runner use::
   when not PID 1) and reaped, so no zombie piles up in a container.
 * **Readiness.** With ``notify=True`` the program gets its own
   ``$NOTIFY_SOCKET``; its ``READY=1``, ``STATUS=``, ``RELOADING=1`` and
-  ``STOPPING=1`` are passed on to this process's service manager (or to the
-  ``daemonkit start`` launcher that waits). A program that is not ready
+  watchdog pings are passed on to this process's service manager (or to the
+  ``daemonkit start`` launcher that waits), and the supervisor says
+  ``STOPPING=1`` itself when told to stop. A program that is not ready
   within ``ready_timeout`` seconds is stopped and counts as a failed start.
 
 The return value is the program's exit status (128+N when signal N killed
