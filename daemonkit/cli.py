@@ -409,6 +409,12 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unit(args: argparse.Namespace) -> int:
+    from . import unit
+
+    return unit.run(args)
+
+
 def _restart(args: argparse.Namespace) -> int:
     from . import control
 
@@ -467,6 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait for the daemon's RELOADING=1 and READY=1 (started with start --notify)",
     )
     reload.add_argument("--timeout", type=_seconds, default=90.0, help="seconds to wait")
+    from . import unit
+
+    unit.add_arguments(
+        add(
+            "unit",
+            "print a systemd unit (--sysv: an LSB init script) that runs CMD under daemonkit",
+        )
+    )
     return parser
 
 
@@ -482,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stop": lambda: _stop(args),
         "status": lambda: _status(args),
         "reload": lambda: _reload(args),
+        "unit": lambda: _unit(args),
     }
     try:
         return actions[args.action]()

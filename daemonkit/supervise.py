@@ -376,11 +376,12 @@ class Supervisor:
             while restarts and restarts[0] <= now - self.within:
                 restarts.popleft()
             if self.max_restarts is not None and len(restarts) > self.max_restarts:
+                ended = len(restarts)  # each end would be one restart more
                 self.say(
-                    f"giving up: {len(restarts)} restarts within {self.within:g} s "
-                    f"(the limit is {self.max_restarts})"
+                    f"giving up: it ended {ended} times within {self.within:g} s "
+                    f"(at most {self.max_restarts} restarts allowed)"
                 )
-                self._tell_manager([f"STATUS=gave up after {len(restarts)} restarts"])
+                self._tell_manager([f"STATUS=gave up after it ended {ended} times"])
                 return status_code if status_code != 0 else 1
             self.say(f"restarting in {delay:g} s")
             self._tell_manager([f"STATUS=restarting in {delay:g} s"])

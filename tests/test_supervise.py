@@ -577,7 +577,7 @@ def test_notify_relays_ready_once_per_run_and_the_restarts(
         "READY=1\nSTATUS=serving\n",
         "STATUS=restarting in 0.1 s\n",
         "READY=1\nSTATUS=serving\n",
-        "STATUS=gave up after 3 restarts\n",
+        "STATUS=gave up after it ended 3 times\n",
     ]
 
 

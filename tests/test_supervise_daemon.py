@@ -570,7 +570,7 @@ def test_the_detached_supervisor_gives_up_at_the_start_limit(
         assert wait_gone(supervisor, 5.0)
     assert_all_gone(daemons, [], argv)
     said = log.read_text()
-    assert "giving up: 3 restarts within 60 s (the limit is 2)" in said, said
+    assert "giving up: it ended 3 times within 60 s (at most 2 restarts allowed)" in said, said
     assert said.count("exited with status 1") == 3, said
 
 
