@@ -410,7 +410,7 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _unit(args: argparse.Namespace) -> int:
-    from . import unit
+    from . import _unitcli as unit
 
     return unit.run(args)
 
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait for the daemon's RELOADING=1 and READY=1 (started with start --notify)",
     )
     reload.add_argument("--timeout", type=_seconds, default=90.0, help="seconds to wait")
-    from . import unit
+    from . import _unitcli as unit
 
     unit.add_arguments(
         add(
