@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .cli import _env, _umask  # the same values as daemonkit start takes
+
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
     import argparse
@@ -37,19 +39,6 @@ RESTART_POLICIES = (
 )
 
 
-def _octal(text: str) -> int:
-    """``--umask``: an octal number from 000 to 777."""
-    import argparse
-
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an octal umask such as 027") from None
-    if not 0 <= value <= 0o777:
-        raise argparse.ArgumentTypeError(f"umask {text!r} is out of range (000 to 777)")
-    return value
-
-
 def _number(text: str) -> float:
     """``--timeout``, ``--restart-sec``, ``--watchdog``: finite seconds >= 0."""
     import argparse
@@ -61,16 +50,6 @@ def _number(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
     return value
-
-
-def _pair(text: str) -> tuple[str, str]:
-    """``--env KEY=VALUE`` as ``(KEY, VALUE)``."""
-    import argparse
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--env {text!r}: expected KEY=VALUE")
-    return key, value
 
 
 USAGE = "daemonkit unit NAME [OPTIONS] -- CMD [ARG...]"
@@ -96,12 +75,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", help="run as this user (User=, or daemonkit's --user)")
     parser.add_argument("--group", help="run as this group")
     parser.add_argument("--chdir", help="working directory (default /)")
-    parser.add_argument("--umask", type=_octal, help="umask, octal (default 022)")
+    parser.add_argument("--umask", type=_umask, help="umask, octal (default 022)")
     parser.add_argument("--chroot", help="change root to this directory first")
     parser.add_argument("--stdout", help="append the program's stdout to this file")
     parser.add_argument("--stderr", help="append the program's stderr to this file")
     parser.add_argument(
-        "--env", type=_pair, action="append", default=[], metavar="K=V", help="set a variable"
+        "--env", type=_env, action="append", default=[], metavar="K=V", help="set a variable"
     )
     parser.add_argument("--description", help="Description= (default: NAME (run by daemonkit))")
     parser.add_argument(
