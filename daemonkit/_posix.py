@@ -48,6 +48,17 @@ def new_session() -> None:
         ) from exc
 
 
+def flush_standard_streams() -> None:
+    """Flush Python's buffers so nothing written so far is output twice (before
+    a fork) or lost (before ``os._exit``)."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def exit_now(status: int) -> NoReturn:
     """Leave the process at once: no atexit hooks, no ``finally`` blocks."""
     os._exit(status)
@@ -550,11 +561,7 @@ def spawn(in_child: Any, *, new_group: bool, execs: bool) -> int:
     """
     import signal
 
-    for stream in (sys.stdout, sys.stderr):  # or the child writes them again
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
+    flush_standard_streams()  # or the child writes them again
     previous = block_signals(signal.valid_signals())
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path  # loaded by pytest already
 
 from ._testing_errors import DaemonStartError, describe_exit, read_text
+from .supervise import exit_status_of  # now: the daemon may chroot before it calls it
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs ms and RSS
 if TYPE_CHECKING:
@@ -154,17 +155,12 @@ def be_launcher(
         context.open()  # the launcher exits in here; from now on this is the daemon
         os.write(report_write, f"{os.getpid()}\n".encode())
         os.close(report_write)
-        try:
-            with context:
-                result = function()
-            code = result if isinstance(result, int) and not isinstance(result, bool) else 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            import traceback
 
-            traceback.print_exc()
-            code = 1
+        def body() -> object:
+            with context:
+                return function()
+
+        code = exit_status_of(body)
     except BaseException:  # before the daemon: a failure of the launcher itself
         try:
             import traceback

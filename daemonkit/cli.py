@@ -516,9 +516,7 @@ def run() -> NoReturn:
     millisecond or two of the daemon's exit instead of several.
     """
     code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    from . import _posix
+
+    _posix.flush_standard_streams()
     os._exit(code)

@@ -47,16 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["DaemonContext"]
 
 
-def _flush_standard_streams() -> None:
-    """Flush Python's buffers so nothing written so far is output twice."""
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
 def _log_debug(message: str, *args: object) -> None:
     # Only an application that imported logging can have configured it; do
     # not pay for the import otherwise.
@@ -216,7 +206,7 @@ class DaemonContext:
             # in the daemon wait (blocked), rather than kill it unhandled.
             mask = _posix.block_signals(plan.signals)
             keep = self._prepare(plan, lock)
-            _flush_standard_streams()
+            _posix.flush_standard_streams()
             if plan.detach:
                 if lock is not None:
                     lock._handing_down = True

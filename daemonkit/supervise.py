@@ -92,6 +92,22 @@ def exit_code(wait_status: int) -> int:
     return os.waitstatus_to_exitcode(wait_status)
 
 
+def exit_status_of(function: Callable[[], object]) -> int:
+    """Call ``function`` and give the status a process running it would exit
+    with: an int it returns (else 0), ``SystemExit``'s code, or 1 with the
+    traceback on stderr for any other exception."""
+    try:
+        result = function()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
 def _check_seconds(value: object, what: str, allow_zero: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{what} must be a number of seconds, not {value!r}")
@@ -282,21 +298,8 @@ class Supervisor:
             os.environ.pop("NOTIFY_SOCKET", None)
             os.environ.update(self._child_variables())
             _posix.set_signal_mask(())
-            try:
-                result = function()
-                code = result if isinstance(result, int) and not isinstance(result, bool) else 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError, AttributeError):
-                    pass
+            code = exit_status_of(function)
+            _posix.flush_standard_streams()
             return code
 
         return child
